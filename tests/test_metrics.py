@@ -1,0 +1,221 @@
+"""tfseg.metrics: the streaming Keras DSC and the per-volume protocol DSC."""
+import math
+
+import keras
+import medpy.filter.binary
+import numpy as np
+import pytest
+
+from tfseg.metrics import (DiceCoefficient, group_by_patient, largest_connected_component,
+                           per_volume_dsc, postprocess_volume, summarize, volume_dsc, volume_scores)
+
+
+def _cube(shape=(8, 16, 16), start=(2, 4, 4), size=4):
+    volume = np.zeros(shape, bool)
+    s, r, c = start
+    volume[s:s + size, r:r + size, c:c + size] = True
+    return volume
+
+
+# --- volume_dsc / volume_scores ------------------------------------------------
+
+def test_perfect_prediction_has_dsc_1():
+    cube = _cube()
+    assert volume_dsc(cube, cube) == 1.0
+
+
+def test_both_empty_has_dsc_1():
+    empty = np.zeros((4, 8, 8), bool)
+    assert volume_dsc(empty, empty) == 1.0
+
+
+def test_prediction_on_empty_truth_has_dsc_0():
+    assert volume_dsc(_cube(), np.zeros((8, 16, 16), bool)) == 0.0
+
+
+def test_one_voxel_shift_of_a_cube_gives_the_hand_computed_dsc():
+    # Two 4x4x4 cubes shifted by one column overlap in 4x4x3 = 48 voxels: DSC = 96 / 128.
+    assert volume_dsc(_cube(start=(2, 4, 5)), _cube()) == pytest.approx(0.75)
+
+
+def test_volume_dsc_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="shape"):
+        volume_dsc(np.zeros((2, 4, 4), bool), np.zeros((2, 4, 5), bool))
+
+
+def test_hd95_of_identical_masks_is_0():
+    cube = _cube()
+    assert volume_scores(cube, cube)["hd95"] == 0.0
+
+
+def test_volume_scores_of_a_shifted_cube():
+    pred, true = _cube(start=(2, 4, 5)), _cube()
+    scores = volume_scores(pred, true)
+    assert scores["dsc"] == pytest.approx(0.75)
+    assert scores["sensitivity"] == pytest.approx(48 / 64)
+    assert scores["precision"] == pytest.approx(48 / 64)
+    assert scores["pred_voxels"] == 64 and scores["true_voxels"] == 64
+    assert scores["hd95"] == pytest.approx(1.0)
+
+
+def test_volume_scores_are_nan_where_undefined():
+    empty, cube = np.zeros((8, 16, 16), bool), _cube()
+    missed = volume_scores(empty, cube)  # nothing predicted
+    assert math.isnan(missed["hd95"]) and math.isnan(missed["precision"])
+    assert missed["sensitivity"] == 0.0 and missed["dsc"] == 0.0
+    both_empty = volume_scores(empty, empty)
+    assert both_empty["dsc"] == 1.0
+    assert all(math.isnan(both_empty[k]) for k in ("hd95", "sensitivity", "precision"))
+
+
+# --- postprocess_volume ----------------------------------------------------------
+
+def test_postprocess_thresholds_strictly_above_the_threshold():
+    probabilities = np.array([0.2, 0.5, 0.51, 0.9], np.float32).reshape(1, 1, 4)
+    mask = postprocess_volume(probabilities, largest_component=False)
+    assert mask.dtype == bool
+    assert mask.tolist() == [[[False, False, True, True]]]
+
+
+def test_largest_component_removes_a_small_disconnected_blob():
+    true = _cube()
+    probabilities = true.astype(np.float32) * 0.9
+    probabilities[7, 15, 15] = 0.8  # a one-voxel false positive far from the lesion
+    raw = postprocess_volume(probabilities, largest_component=False)
+    kept = postprocess_volume(probabilities)
+    assert raw.sum() == 65 and kept.sum() == 64
+    np.testing.assert_array_equal(kept, true)
+    assert volume_dsc(raw, true) == pytest.approx(128 / 129)
+    assert volume_dsc(kept, true) == 1.0
+
+
+def test_largest_component_connects_through_slices():
+    # A blob continuing into the next slice is one 3-D component, larger than a 4-voxel blob elsewhere.
+    volume = np.zeros((3, 8, 8), np.float32)
+    volume[0, 0:2, 0:2] = 1
+    volume[1, 0:2, 0:2] = 1
+    volume[1, 6:8, 6:8] = 1
+    kept = postprocess_volume(volume)
+    assert kept.sum() == 8 and kept[0].sum() == 4 and kept[1, 6:8, 6:8].sum() == 0
+
+
+def test_postprocess_of_an_empty_prediction_is_empty():
+    assert not postprocess_volume(np.full((3, 8, 8), 0.3, np.float32)).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_largest_connected_component_matches_medpy(seed):
+    volume = np.random.default_rng(seed).random((4, 24, 24)) > 0.6
+    expected = medpy.filter.binary.largest_connected_component(volume)
+    np.testing.assert_array_equal(largest_connected_component(volume), expected)
+
+
+def test_largest_connected_component_breaks_ties_like_medpy():
+    volume = np.zeros((1, 5, 5), bool)
+    volume[0, 0, 0] = volume[0, 4, 4] = volume[0, 0, 4] = True  # three equal components
+    expected = medpy.filter.binary.largest_connected_component(volume)
+    np.testing.assert_array_equal(largest_connected_component(volume), expected)
+
+
+# --- per_volume_dsc / summarize ---------------------------------------------------
+
+def test_group_by_patient_keeps_first_appearance_and_slice_order():
+    groups = group_by_patient(["b", "a", b"b", "a", "b"])
+    assert list(groups) == ["b", "a"]
+    assert groups["b"].tolist() == [0, 2, 4] and groups["a"].tolist() == [1, 3]
+
+
+def test_per_volume_dsc_groups_interleaved_patients_in_slice_order():
+    # Patient A: a lesion across its slices 1-2, plus a stray voxel in slice 0 that LCC removes.
+    # Patient B: slice 0 predicted perfectly, plus a false-positive voxel in slice 1 that
+    # touches the lesion only once B's two slices are stacked next to each other: LCC keeps it.
+    a_true = np.zeros((3, 8, 8), np.float32)
+    a_true[1:3, 2:4, 2:4] = 1  # 8 voxels
+    a_prob = a_true * 0.9
+    a_prob[0, 6, 6] = 0.9
+    b_true = np.zeros((2, 8, 8), np.float32)
+    b_true[0, 0:2, 0:2] = 1  # 4 voxels
+    b_prob = b_true * 0.9
+    b_prob[1, 0, 0] = 0.9
+    order = [("A", 0), ("B", 0), ("A", 1), ("B", 1), ("A", 2)]
+    probabilities = np.stack([{"A": a_prob, "B": b_prob}[p][i] for p, i in order])[..., None]
+    masks = np.stack([{"A": a_true, "B": b_true}[p][i] for p, i in order])[..., None]
+    ids = [p for p, _ in order]
+
+    scores = per_volume_dsc(probabilities, masks, ids)
+
+    assert list(scores) == ["A", "B"]
+    assert scores["A"] == 1.0
+    assert scores["B"] == pytest.approx(2 * 4 / (5 + 4))
+    without_lcc = per_volume_dsc(probabilities[..., 0], masks[..., 0], ids, largest_component=False)
+    assert without_lcc["A"] == pytest.approx(2 * 8 / (9 + 8))
+
+
+def test_per_volume_dsc_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="patient ids"):
+        per_volume_dsc(np.zeros((3, 4, 4)), np.zeros((3, 4, 4)), ["a", "b"])
+
+
+def test_summarize_gives_mean_median_and_count():
+    assert summarize({"a": 0.9, "b": 0.5, "c": 1.0}) == {"mean": pytest.approx(0.8), "median": 0.9, "n": 3}
+
+
+def test_summarize_rejects_no_patients():
+    with pytest.raises(ValueError, match="at least one patient"):
+        summarize({})
+
+
+# --- DiceCoefficient -------------------------------------------------------------
+
+def _batch(true_pixels, pred_pixels, shape=(1, 4, 4, 1)):
+    y, p = np.zeros(shape, np.float32), np.full(shape, 0.1, np.float32)
+    y.reshape(-1)[list(true_pixels)] = 1
+    p.reshape(-1)[list(pred_pixels)] = 0.9
+    return y, p
+
+
+def test_dice_coefficient_accumulates_over_batches_and_resets():
+    metric = DiceCoefficient()
+    metric.update_state(*_batch(range(4), range(2)))  # I 2, P 2, T 4
+    metric.update_state(*_batch(range(2), range(2, 6)))  # I 0, P 4, T 2
+    assert float(metric.result()) == pytest.approx(2 * 2 / (6 + 6))
+    metric.reset_state()
+    assert float(metric.result()) == 1.0
+    metric.update_state(*_batch(range(4), range(4)))
+    assert float(metric.result()) == pytest.approx(1.0)
+
+
+def test_dice_coefficient_of_empty_mask_and_prediction_is_1():
+    metric = DiceCoefficient()
+    metric.update_state(*_batch([], []))
+    assert float(metric.result()) == 1.0
+
+
+def test_dice_coefficient_thresholds_at_0_5_strictly():
+    y = np.ones((1, 1, 2, 1), np.float32)
+    p = np.array([0.5, 0.51], np.float32).reshape(1, 1, 2, 1)
+    metric = DiceCoefficient()
+    metric.update_state(y, p)
+    assert float(metric.result()) == pytest.approx(2 * 1 / (1 + 2))
+
+
+def test_dice_coefficient_accepts_bfloat16_predictions():
+    y, p = _batch(range(4), range(2))
+    metric = DiceCoefficient()
+    metric.update_state(y, keras.ops.cast(p, "bfloat16"))
+    assert float(metric.result()) == pytest.approx(4 / 6)
+
+
+def test_dice_coefficient_weights_whole_images():
+    y0, p0 = _batch(range(4), range(4))
+    y1, p1 = _batch(range(4), [])
+    metric = DiceCoefficient()
+    metric.update_state(np.concatenate([y0, y1]), np.concatenate([p0, p1]), sample_weight=np.array([1.0, 0.0]))
+    assert float(metric.result()) == pytest.approx(1.0)
+
+
+def test_dice_coefficient_serialization_round_trip():
+    metric = DiceCoefficient(threshold=0.3, name="val_dsc")
+    restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
+    assert isinstance(restored, DiceCoefficient)
+    assert restored.threshold == 0.3 and restored.name == "val_dsc"

@@ -1,0 +1,268 @@
+"""Batch augmentation that runs inside the training step, on the accelerator.
+
+`Augment` is a Keras layer written with `keras.ops` and `keras.random` only, so
+it runs under any backend, inside a `tf.function` train step and under
+`tf.distribute`. It transforms image and mask together:
+
+- geometric (image and mask): one affine transform per sample, composed of a
+  zoom about the centre by U(1 - scale, 1 + scale), a rotation about the centre
+  by U(-rotation, rotation) degrees and a horizontal flip with probability
+  `flip` (the reference program's augmentation, see PROTOCOL.md). Images are
+  resampled bilinearly, masks with nearest neighbour so they stay exactly 0/1;
+  points that come from outside the image are filled with 0 (as the reference
+  does, on standardized images). The warp (`affine_warp`) gives the same result
+  as `keras.ops.image.affine_transform` but also compiles under XLA.
+- intensity (image only, off by default): brightness, contrast, gamma.
+
+Typical use, in a custom train step::
+
+    augment = Augment(AugmentConfig(), seed=1)
+    images, masks = augment(images, masks, training=True)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+from keras import ops
+
+__all__ = ["AugmentConfig", "Augment", "affine_warp"]
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Strengths of each augmentation component; 0 turns a component off.
+
+    Attributes:
+        scale: zoom about the image centre by a factor drawn from
+            U(1 - scale, 1 + scale); a factor > 1 enlarges the content.
+        rotation: rotation about the image centre by U(-rotation, rotation)
+            degrees.
+        flip: probability of a horizontal (left-right) flip.
+        brightness: adds U(-brightness, brightness) to the whole image.
+        contrast: scales every channel about its mean over the image by
+            U(1 - contrast, 1 + contrast).
+        gamma: gamma correction with exponent exp(U(-gamma, gamma)). Images are
+            standardized (zero mean, negative values), so the exponent is
+            applied to a copy min-max rescaled to [0, 1] per image and channel,
+            and the result is mapped back to the original [min, max]; the
+            minimum and maximum of every channel are kept.
+    """
+
+    scale: float = 0.05
+    rotation: float = 15.0
+    flip: float = 0.5
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"AugmentConfig.{field.name} must be a number >= 0, got {value!r}")
+        if self.flip > 1:
+            raise ValueError(f"AugmentConfig.flip is a probability in [0, 1], got {self.flip!r}")
+        if self.scale >= 1 or self.contrast >= 1:
+            raise ValueError(
+                f"AugmentConfig.scale and .contrast must be < 1 (factors are drawn from U(1 - x, 1 + x)), "
+                f"got scale={self.scale!r}, contrast={self.contrast!r}")
+
+    @property
+    def geometric(self) -> bool:
+        """Whether any geometric component is on."""
+        return bool(self.scale or self.rotation or self.flip)
+
+    @property
+    def intensity(self) -> bool:
+        """Whether any intensity component is on."""
+        return bool(self.brightness or self.contrast or self.gamma)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AugmentConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown AugmentConfig keys {unknown}; expected some of {sorted(known)}")
+        return cls(**values)
+
+
+def affine_warp(images, transform, interpolation="bilinear"):
+    """Warp a batch with one affine transform per image, filling with 0 outside it.
+
+    Same convention and result as `keras.ops.image.affine_transform(images,
+    transform, interpolation, fill_mode="constant", fill_value=0)`, but built
+    from `keras.ops` gathers, so it also compiles under XLA: on the TensorFlow
+    backend that op is `ImageProjectiveTransformV3`, which has no XLA kernel, and
+    Keras compiles the train step with XLA by default on a GPU.
+
+    Args:
+        images: (B, H, W, C) float32.
+        transform: (B, 8) float32 rows `[a0, a1, a2, b0, b1, b2, c0, c1]`, each
+            mapping an output pixel (x = column, y = row) to the input point
+            (a0 x + a1 y + a2, b0 x + b1 y + b2); c0 and c1 must be 0 (affine).
+        interpolation: "bilinear" or "nearest" (rounds to the nearest pixel,
+            so values stay in the input's set plus the fill value 0).
+
+    Returns:
+        (B, H, W, C) float32.
+    """
+    if interpolation not in ("bilinear", "nearest"):
+        raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
+    shape = ops.shape(images)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    rows = ops.cast(ops.arange(height), "float32")[None, :, None]
+    cols = ops.cast(ops.arange(width), "float32")[None, None, :]
+    t = ops.cast(transform, "float32")[:, :, None, None]
+    x = t[:, 0] * cols + t[:, 1] * rows + t[:, 2]  # (B, H, W) input column of each output pixel
+    y = t[:, 3] * cols + t[:, 4] * rows + t[:, 5]  # (B, H, W) input row
+    flat = ops.reshape(images, (-1, channels))
+    first = ops.reshape(ops.arange(batch) * (height * width), (-1, 1, 1))
+
+    def read(yi, xi):
+        """Pixels at integer float coordinates (B, H, W), 0 where outside the image."""
+        inside = (yi >= 0) & (yi <= ops.cast(height - 1, "float32")) & \
+                 (xi >= 0) & (xi <= ops.cast(width - 1, "float32"))
+        yc = ops.clip(ops.cast(yi, "int32"), 0, height - 1)
+        xc = ops.clip(ops.cast(xi, "int32"), 0, width - 1)
+        values = ops.take(flat, ops.reshape(first + yc * width + xc, (-1,)), axis=0)
+        values = ops.reshape(values, shape)
+        return values * ops.cast(inside, "float32")[..., None]
+
+    if interpolation == "nearest":
+        return read(ops.floor(y + 0.5), ops.floor(x + 0.5))
+    y0, x0 = ops.floor(y), ops.floor(x)
+    wy, wx = (y - y0)[..., None], (x - x0)[..., None]
+    top = read(y0, x0) * (1 - wx) + read(y0, x0 + 1) * wx
+    bottom = read(y0 + 1, x0) * (1 - wx) + read(y0 + 1, x0 + 1) * wx
+    return top * (1 - wy) + bottom * wy
+
+
+@keras.saving.register_keras_serializable(package="tfseg")
+class Augment(keras.layers.Layer):
+    """Random augmentation of a batch of images and their masks.
+
+    Args:
+        config: an `AugmentConfig`, a dict of its fields, or None for the
+            defaults (the reference program's geometric augmentation).
+        seed: integer seed of the layer's `keras.random.SeedGenerator`
+            (`self.seed_generator`, whose state is a non-trainable variable
+            and so is saved with checkpoints); None draws a random seed.
+
+    Call arguments:
+        images: (B, H, W, C) float tensor.
+        masks: (B, H, W, 1) float tensor of 0/1.
+        training: when False, inputs are returned unchanged.
+
+    Returns:
+        `(images, masks)`, same shapes and dtypes as the inputs; masks stay
+        exactly 0/1.
+    """
+
+    def __init__(self, config: AugmentConfig | dict | None = None, seed: int | None = None, **kwargs):
+        # Keep the caller's dtypes: no casting of float inputs under a mixed policy.
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        if config is None:
+            config = AugmentConfig()
+        elif isinstance(config, dict):
+            config = AugmentConfig.from_dict(config)
+        elif not isinstance(config, AugmentConfig):
+            raise TypeError(f"config must be an AugmentConfig, a dict or None, got {type(config).__name__}")
+        self.config = config
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._build_at_init()
+
+    def call(self, images, masks, training=True):
+        if not training or not (self.config.geometric or self.config.intensity):
+            return images, masks
+        image_dtype, mask_dtype = images.dtype, masks.dtype
+        x = ops.cast(images, "float32")
+        y = ops.cast(masks, "float32")
+        # Intensity first, so the area filled by the geometric transform stays exactly 0.
+        if self.config.intensity:
+            x = self._intensity(x)
+        if self.config.geometric:
+            transform = self._affine_transforms(ops.shape(x))
+            x = affine_warp(x, transform, interpolation="bilinear")
+            y = affine_warp(y, transform, interpolation="nearest")
+        return ops.cast(x, image_dtype), ops.cast(y, mask_dtype)
+
+    def _uniform(self, batch, low, high):
+        return keras.random.uniform((batch,), minval=low, maxval=high, dtype="float32",
+                                    seed=self.seed_generator)
+
+    def _affine_transforms(self, shape):
+        """(B, 8) transforms for `affine_warp` / `ops.image.affine_transform`.
+
+        Both map each *output* pixel (x = column, y = row, pixel centres at
+        integer coordinates) to the input point
+        (a0 x + a1 y + a2, b0 x + b1 y + b2), so we build the inverse of the
+        forward map  p_out = c + zoom * R(angle) * F (p_in - c):
+            p_in = c + A (p_out - c),  A = F R(-angle) / zoom,
+        with c = ((W - 1) / 2, (H - 1) / 2) the image centre and F = diag(±1, 1)
+        the horizontal flip.
+        """
+        batch = shape[0]
+        height = ops.cast(shape[1], "float32")
+        width = ops.cast(shape[2], "float32")
+        cfg = self.config
+        ones = ops.ones((batch,), dtype="float32")
+
+        zoom = self._uniform(batch, 1.0 - cfg.scale, 1.0 + cfg.scale) if cfg.scale else ones
+        if cfg.rotation:
+            limit = cfg.rotation * math.pi / 180.0
+            angle = self._uniform(batch, -limit, limit)
+            cos, sin = ops.cos(angle), ops.sin(angle)
+        else:
+            cos, sin = ones, ops.zeros((batch,), dtype="float32")
+        if cfg.flip:
+            flip = ops.where(self._uniform(batch, 0.0, 1.0) < cfg.flip, -ones, ones)
+        else:
+            flip = ones
+
+        a00, a01 = flip * cos / zoom, flip * sin / zoom
+        a10, a11 = -sin / zoom, cos / zoom
+        cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+        a02 = cx - a00 * cx - a01 * cy
+        a12 = cy - a10 * cx - a11 * cy
+        zeros = ops.zeros((batch,), dtype="float32")
+        return ops.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
+
+    def _intensity(self, x):
+        """Brightness, contrast and gamma on a (B, H, W, C) float32 batch."""
+        cfg = self.config
+        batch = ops.shape(x)[0]
+
+        def per_sample(values):
+            return ops.reshape(values, (-1, 1, 1, 1))
+
+        if cfg.gamma:
+            exponent = per_sample(ops.exp(self._uniform(batch, -cfg.gamma, cfg.gamma)))
+            low = ops.min(x, axis=(1, 2), keepdims=True)
+            span = ops.max(x, axis=(1, 2), keepdims=True) - low
+            unit = ops.clip((x - low) / ops.maximum(span, 1e-6), 0.0, 1.0)
+            x = low + ops.power(unit, exponent) * span
+        if cfg.contrast:
+            factor = per_sample(self._uniform(batch, 1.0 - cfg.contrast, 1.0 + cfg.contrast))
+            mean = ops.mean(x, axis=(1, 2), keepdims=True)
+            x = mean + (x - mean) * factor
+        if cfg.brightness:
+            x = x + per_sample(self._uniform(batch, -cfg.brightness, cfg.brightness))
+        return x
+
+    def compute_output_spec(self, images, masks, training=True):
+        return (keras.KerasTensor(images.shape, dtype=images.dtype),
+                keras.KerasTensor(masks.shape, dtype=masks.dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.config.to_dict(), "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

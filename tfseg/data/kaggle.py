@@ -1,0 +1,156 @@
+"""Read and check a Kaggle ``kaggle_3m`` folder (LGG MRI segmentation set).
+
+Layout: ``<root>/<patient>/<patient>_<n>.tif`` (256×256×3 uint8) and
+``<patient>_<n>_mask.tif`` (256×256 uint8, 0/255), ``n`` = 1, 2, … with no gap.
+``README.md``, ``data.csv`` and stray files such as ``.DS_Store`` are ignored.
+
+Checking is split in two so that every layout problem is reported before any
+pixel is read: :func:`scan_folder` looks at file names only, :func:`read_patient`
+reads and validates the pixels of one patient.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+KAGGLE_HELP = (
+    "Download the Kaggle dataset 'mateuszbuda/lgg-mri-segmentation' "
+    "(https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation, or "
+    "`kaggle datasets download -d mateuszbuda/lgg-mri-segmentation`) and unzip it "
+    "so that the folder kaggle_3m/ (110 patient folders) exists, then pass it with --data."
+)
+SLICE_SHAPE = (256, 256)
+_SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tif$")
+
+
+class DataError(ValueError):
+    """The input data is not a valid kaggle_3m layout; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class PatientFiles:
+    """File names of one patient, in slice order (``_1``, ``_2``, … numerically)."""
+
+    patient: str
+    folder: Path
+    images: tuple[Path, ...]
+    masks: tuple[Path, ...]
+
+    def fingerprint(self) -> list:
+        """(name, size, mtime_ns) of every file: changes when the source changes."""
+        out = []
+        for path in self.images + self.masks:
+            st = path.stat()
+            out.append([path.name, st.st_size, st.st_mtime_ns])
+        return out
+
+
+@dataclass
+class PatientVolume:
+    """One patient: ``image`` (S, 256, 256, 3) uint8, ``mask`` (S, 256, 256) uint8 in {0, 1}."""
+
+    patient: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def scan_folder(root: str | os.PathLike) -> list[PatientFiles]:
+    """List the patients of a kaggle_3m folder, checking file names only.
+
+    Returns PatientFiles sorted by patient name. Raises DataError for a missing or
+    empty folder, a folder without patients, an image without its mask (or the
+    reverse), a gap in slice numbers or a stray ``.tif`` with an unexpected name.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist. {KAGGLE_HELP}")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a folder. {KAGGLE_HELP}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"data folder {root} holds no patient folders. {KAGGLE_HELP}")
+    return [_scan_patient(folder) for folder in folders]
+
+
+def _scan_patient(folder: Path) -> PatientFiles:
+    images: dict[int, Path] = {}
+    masks: dict[int, Path] = {}
+    for path in folder.iterdir():
+        if path.name.startswith(".") or not path.name.endswith(".tif"):
+            continue  # .DS_Store, notes and the like are not slices
+        match = _SLICE_RE.match(path.name)
+        if match is None or match["patient"] != folder.name:
+            raise DataError(f"{path}: unexpected file name; slices must be named "
+                            f"{folder.name}_<n>.tif and {folder.name}_<n>_mask.tif. Remove or rename it.")
+        (masks if match["mask"] else images)[int(match["n"])] = path
+    if not images and not masks:
+        raise DataError(f"patient folder {folder} holds no slices (.tif files); remove it or restore its files.")
+    for n in sorted(set(images) - set(masks)):
+        raise DataError(f"{images[n]}: image without its mask {folder.name}_{n}_mask.tif; restore the mask or remove the image.")
+    for n in sorted(set(masks) - set(images)):
+        raise DataError(f"{masks[n]}: mask without its image {folder.name}_{n}.tif; restore the image or remove the mask.")
+    numbers = sorted(images)
+    expected = list(range(1, len(numbers) + 1))
+    if numbers != expected:
+        missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+        raise DataError(f"patient folder {folder}: slice numbers have a gap (missing {missing[:5]}); "
+                        f"slices must be numbered 1..S without gaps. Re-download the patient.")
+    return PatientFiles(folder.name, folder, tuple(images[n] for n in numbers), tuple(masks[n] for n in numbers))
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return tifffile.imread(path)
+    except Exception as err:  # tifffile raises several types for corrupt files
+        raise DataError(f"{path}: not a readable TIFF file ({type(err).__name__}: {err}). "
+                        "Re-download or restore this file.") from err
+
+
+def read_patient(files: PatientFiles) -> PatientVolume:
+    """Read and validate the slices of one patient.
+
+    Images must be (256, 256, 3) uint8 and masks (256, 256) uint8 with values in
+    {0, 255} or {0, 1}; the returned mask is 0/1.
+    """
+    images, masks = [], []
+    for image_path, mask_path in zip(files.images, files.masks):
+        image = _read_tiff(image_path)
+        if image.shape != SLICE_SHAPE + (3,) or image.dtype != np.uint8:
+            raise DataError(f"{image_path}: image has shape {image.shape} and dtype {image.dtype}, "
+                            f"expected {SLICE_SHAPE + (3,)} uint8 (Kaggle kaggle_3m slices).")
+        mask = _read_tiff(mask_path)
+        if mask.ndim == 3 and mask.shape[-1] in (1, 3) and (mask == mask[..., :1]).all():
+            mask = mask[..., 0]  # some tools save grey masks as RGB; identical channels are harmless
+        if mask.shape != SLICE_SHAPE or mask.dtype != np.uint8:
+            raise DataError(f"{mask_path}: mask has shape {mask.shape} and dtype {mask.dtype}, "
+                            f"expected {SLICE_SHAPE} uint8.")
+        values = set(np.unique(mask).tolist())
+        if not (values <= {0, 255} or values <= {0, 1}):
+            raise DataError(f"{mask_path}: mask values {sorted(values)[:6]} are not binary; "
+                            "masks must hold 0/255 (or 0/1) only.")
+        images.append(image)
+        masks.append(mask)
+    return PatientVolume(files.patient, np.stack(images), (np.stack(masks) > 0).astype(np.uint8))
+
+
+def read_kaggle_folder(root: str | os.PathLike, patients: list[str] | None = None) -> list[PatientVolume]:
+    """Read (and check) every patient of a kaggle_3m folder, or only ``patients``."""
+    scanned = select_patients(scan_folder(root), patients)
+    return [read_patient(files) for files in scanned]
+
+
+def select_patients(scanned: list[PatientFiles], names: list[str] | None) -> list[PatientFiles]:
+    """Keep the named patients (all when ``names`` is None); unknown names are an error."""
+    if names is None:
+        return scanned
+    by_name = {p.patient: p for p in scanned}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise DataError(f"unknown patients {unknown[:5]}; known patients start with {sorted(by_name)[:3]}.")
+    return [by_name[n] for n in names]

@@ -1,0 +1,171 @@
+"""Pack a kaggle_3m folder into preprocessed, GZIP-compressed TFRecord shards.
+
+    python -m tfseg.data.pack --data ./kaggle_3m --out ./tfrecords --image-size 256
+
+One shard per patient, so any split or fold selects whole shards without
+repacking. Packing is cached per patient: a shard is rewritten only when its
+source files (names, sizes, modification times), the image size, the
+preprocessing parameters or the format changed, or its checksum no longer
+matches. Every layout problem is reported before anything is written; shards
+are written under temporary names and renamed only when all patients succeeded,
+then the manifest is replaced atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from tqdm import tqdm
+
+import tfseg
+from tfseg.data import preprocess
+from tfseg.data.kaggle import DataError, PatientFiles, read_patient, scan_folder
+from tfseg.data.records import (FORMAT_VERSION, IMAGE_DTYPE, MANIFEST, SHARD_SUFFIX, read_manifest,
+                                serialize_slices, sha256_file, write_json_atomic, write_shard)
+
+TMP_MARK = ".tmp-"
+
+
+def preprocessing_params(image_size: int) -> dict:
+    """Everything that changes the content of a shard (the cache key, with the source)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "image_size": image_size,
+        "image_dtype": str(IMAGE_DTYPE.__name__),
+        "drop_first_last": True,
+        "crop_threshold": preprocess.CROP_THRESHOLD,
+        "percentiles": list(preprocess.PERCENTILES),
+        "image_order": preprocess.IMAGE_ORDER,
+    }
+
+
+def _patient_key(files: PatientFiles, params: dict) -> str:
+    payload = json.dumps({"params": params, "files": files.fingerprint()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _pack_patient(files: PatientFiles, tmp_path: str, image_size: int) -> dict:
+    """Worker: read, check, preprocess and write one patient to ``tmp_path``."""
+    volume = read_patient(files)
+    try:
+        image, mask, geometry = preprocess.preprocess_volume(volume.image, volume.mask, image_size)
+    except ValueError as err:
+        raise DataError(f"patient folder {files.folder}: {err}") from err
+    write_shard(tmp_path, serialize_slices(files.patient, image, mask, geometry))
+    return {
+        "slices": int(image.shape[0]),
+        "source_slices": int(volume.image.shape[0]),
+        "tumor_pixels": int(mask.sum()),
+        "geometry": geometry.to_dict(),
+        "sha256": sha256_file(tmp_path),
+    }
+
+
+def _existing_manifest(out: Path) -> dict:
+    try:
+        return read_manifest(out)
+    except DataError:
+        return {"patients": {}}  # nothing reusable: pack everything
+
+
+def _is_current(entry: dict | None, key: str, out: Path) -> bool:
+    if not entry or entry.get("key") != key:
+        return False
+    path = out / entry["shard"]
+    return path.is_file() and sha256_file(path) == entry["sha256"]
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    for path in out.glob(f".*{TMP_MARK}*"):
+        path.unlink(missing_ok=True)
+
+
+def pack(data: str | os.PathLike = "kaggle_3m", out: str | os.PathLike = "tfrecords", image_size: int = 256,
+         workers: int | None = None, progress: bool = True) -> dict:
+    """Pack (or reuse) the shards of every patient in ``data`` into ``out``; returns the manifest.
+
+    Raises DataError, before writing anything, when the layout of ``data`` is invalid;
+    a pixel-level problem found while packing removes the temporary files and raises.
+    """
+    if image_size < 16 or image_size % 16:
+        raise ValueError(f"--image-size must be a positive multiple of 16 (the networks pool 4 times), got {image_size}")
+    source = Path(data).resolve()
+    scanned = scan_folder(source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    params = preprocessing_params(image_size)
+    old = _existing_manifest(out)
+    keys = {files.patient: _patient_key(files, params) for files in scanned}
+    todo = [f for f in scanned if not _is_current(old["patients"].get(f.patient), keys[f.patient], out)]
+    entries = {name: old["patients"][name] for name in keys if name not in {f.patient for f in todo}}
+    started = time.perf_counter()
+    if todo:
+        entries.update(_pack_all(todo, out, image_size, workers, progress))
+        for name, entry in entries.items():
+            entry["key"] = keys[name]
+    manifest = {
+        **params,
+        "source": str(source),
+        "tfseg_version": tfseg.__version__,
+        "patients": dict(sorted(entries.items())),
+        "total_slices": sum(e["slices"] for e in entries.values()),
+    }
+    if todo or manifest != old:
+        write_json_atomic(out / MANIFEST, manifest)
+    for stale in set(old["patients"]) - set(entries):  # patients no longer in the source
+        (out / old["patients"][stale]["shard"]).unlink(missing_ok=True)
+    if progress:
+        print(f"packed {len(todo)} of {len(scanned)} patients into {out} in "
+              f"{time.perf_counter() - started:.1f} s ({len(scanned) - len(todo)} up to date)", file=sys.stderr)
+    return manifest
+
+
+def _pack_all(todo: list[PatientFiles], out: Path, image_size: int, workers: int | None, progress: bool) -> dict:
+    """Pack patients in worker processes to temporary shards; rename all only if all succeed."""
+    workers = workers or min(len(todo), os.cpu_count() or 1)
+    tmp = {f.patient: out / f".{f.patient}{SHARD_SUFFIX}{TMP_MARK}{os.getpid()}" for f in todo}
+    results = {}
+    try:
+        # spawn: the workers import TensorFlow, which must not be forked from a process that may hold it
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_pack_patient, f, str(tmp[f.patient]), image_size): f.patient for f in todo}
+            for future in tqdm(as_completed(futures), total=len(futures), desc="packing", unit="patient",
+                               disable=not progress):
+                results[futures[future]] = future.result()
+    except BaseException:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        raise
+    for patient, entry in results.items():
+        entry["shard"] = f"{patient}{SHARD_SUFFIX}"
+        os.replace(tmp[patient], out / entry["shard"])
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfseg.data.pack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="kaggle_3m", help="kaggle_3m folder to read (default: ./kaggle_3m)")
+    parser.add_argument("--out", default="tfrecords", help="output folder for shards + manifest.json (default: ./tfrecords)")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the preprocessed slices (default: 256)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    args = parser.parse_args(argv)
+    try:
+        manifest = pack(args.data, args.out, args.image_size, args.workers)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(manifest['patients'])} patients, {manifest['total_slices']} slices at "
+          f"{manifest['image_size']} px in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

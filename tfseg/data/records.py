@@ -1,0 +1,138 @@
+"""TFRecord format of packed slices, and the manifest that describes a packed folder.
+
+One GZIP-compressed shard per patient (``<patient>.tfrecord.gz``), one
+``tf.train.Example`` per preprocessed slice:
+
+============  ======  ==========================================================
+feature       type    content
+============  ======  ==========================================================
+image         bytes   (N, N, 3) float16, little-endian, normalized as PROTOCOL.md
+mask          bytes   (N, N) uint8 in {0, 1}
+patient       bytes   patient folder name, UTF-8
+slice         int64   index of the slice in the preprocessed volume (0-based)
+geometry      int64   14 values of :class:`tfseg.data.preprocess.Geometry`
+============  ======  ==========================================================
+
+``manifest.json`` beside the shards holds the source folder, the image size,
+the preprocessing parameters, and per patient its shard, SHA-256 and slice counts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tfseg.data.kaggle import DataError
+from tfseg.data.preprocess import GEOMETRY_LENGTH, Geometry
+
+FORMAT_VERSION = 1
+IMAGE_DTYPE = np.float16
+MANIFEST = "manifest.json"
+SHARD_SUFFIX = ".tfrecord.gz"
+
+
+def serialize_slices(patient: str, image: np.ndarray, mask: np.ndarray, geometry: Geometry) -> list[bytes]:
+    """Serialized Examples for a preprocessed volume: image (S, N, N, 3) float, mask (S, N, N) uint8."""
+    import tensorflow as tf
+
+    def _bytes(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _ints(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+    geo = geometry.to_list()
+    records = []
+    for index in range(image.shape[0]):
+        features = {
+            "image": _bytes(image[index].astype("<f2").tobytes()),
+            "mask": _bytes(mask[index].astype(np.uint8).tobytes()),
+            "patient": _bytes(patient.encode()),
+            "slice": _ints([index]),
+            "geometry": _ints(geo),
+        }
+        records.append(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+    return records
+
+
+def write_shard(path: str | os.PathLike, records: list[bytes]) -> None:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path), options=tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def parse_example(serialized, image_size: int) -> dict:
+    """tf.data map function: one serialized Example -> dict of tensors.
+
+    image (N, N, 3) float16, mask (N, N) uint8, patient string, slice int64, geometry (14,) int64.
+    """
+    import tensorflow as tf
+
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "mask": tf.io.FixedLenFeature([], tf.string),
+        "patient": tf.io.FixedLenFeature([], tf.string),
+        "slice": tf.io.FixedLenFeature([], tf.int64),
+        "geometry": tf.io.FixedLenFeature([GEOMETRY_LENGTH], tf.int64),
+    }
+    ex = tf.io.parse_single_example(serialized, spec)
+    ex["image"] = tf.reshape(tf.io.decode_raw(ex["image"], tf.float16, little_endian=True),
+                             (image_size, image_size, 3))
+    ex["mask"] = tf.reshape(tf.io.decode_raw(ex["mask"], tf.uint8), (image_size, image_size))
+    return ex
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, payload) -> None:
+    """Write JSON to a temporary name, then rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of a packed folder; a clear DataError when there is none."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{folder} is not a packed TFRecord folder (no {MANIFEST}); pack it with "
+                        f"`python -m tfseg.data.pack --data ./kaggle_3m --out {folder}`.")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err}); repack with `python -m tfseg.data.pack`.") from err
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path} has format version {manifest.get('format_version')}, this tfseg reads "
+                        f"{FORMAT_VERSION}; repack with `python -m tfseg.data.pack`.")
+    return manifest
+
+
+def verified_shards(folder: str | os.PathLike, manifest: dict, patients: list[str]) -> list[str]:
+    """Paths of the patients' shards after checking each SHA-256 against the manifest."""
+    folder = Path(folder)
+    paths = []
+    for patient in patients:
+        entry = manifest["patients"].get(patient)
+        if entry is None:
+            raise DataError(f"patient {patient} is not in {folder / MANIFEST}; repack with "
+                            "`python -m tfseg.data.pack` from a folder that holds it.")
+        path = folder / entry["shard"]
+        if not path.is_file():
+            raise DataError(f"shard {path} is missing; repack with `python -m tfseg.data.pack`.")
+        if sha256_file(path) != entry["sha256"]:
+            raise DataError(f"shard {path} does not match the SHA-256 in {MANIFEST} (corrupt or changed); "
+                            "repack with `python -m tfseg.data.pack` (it rewrites shards that do not match).")
+        paths.append(str(path))
+    return paths

@@ -1,0 +1,203 @@
+"""Keras callbacks of a training run.
+
+Order matters: :class:`VolumeValidation` runs first and adds ``val_*`` entries
+to the epoch logs, which the checkpoint, CSV and TensorBoard callbacks after it
+then see.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfseg.data.pipeline import SliceTable, validation_dataset
+from tfseg.data.records import write_json_atomic
+from tfseg.metrics import per_volume_dsc, summarize
+from tfseg.visualize import FLAIR_CHANNEL, dsc_bar_chart, figure_to_array, grid, overlay
+
+
+class VolumeValidation(keras.callbacks.Callback):
+    """After every epoch: predict all validation slices, log the protocol's per-volume DSC.
+
+    Adds to the epoch logs: ``val_loss`` and ``val_dsc`` (mean over batches of the
+    training loss and the pooled pixel DSC), ``val_volume_dsc`` (mean over patients,
+    the headline) and ``val_volume_dsc_median``; keeps ``self.last_dsc`` per patient
+    and ``self.last_probabilities`` for the image callbacks.
+    """
+
+    def __init__(self, net: keras.Model, table: SliceTable, loss_fn, batch_size: int):
+        super().__init__()
+        self.net, self.table, self.loss_fn, self.batch_size = net, table, loss_fn, batch_size
+        self.dataset = validation_dataset(table, batch_size)
+        self.last_dsc: dict[str, float] = {}
+        self.last_probabilities: np.ndarray | None = None
+        self.seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        started = time.perf_counter()
+        probs, losses, inter, total = [], [], 0.0, 0.0
+        for image, mask in self.dataset:
+            p = self.net(image, training=False)
+            p = tf.cast(p[0] if isinstance(p, (list, tuple)) else p, tf.float32)
+            losses.append(float(self.loss_fn(mask, p)))
+            hard = tf.cast(p > 0.5, tf.float32)
+            inter += float(tf.reduce_sum(hard * mask))
+            total += float(tf.reduce_sum(hard) + tf.reduce_sum(mask))
+            probs.append(p.numpy()[..., 0])
+        self.last_probabilities = np.concatenate(probs)
+        self.last_dsc = per_volume_dsc(self.last_probabilities, self.table.masks, self.table.patients)
+        summary = summarize(self.last_dsc)
+        if logs is not None:
+            logs.update(val_loss=float(np.mean(losses)), val_dsc=2 * inter / total if total else 1.0,
+                        val_volume_dsc=summary["mean"], val_volume_dsc_median=summary["median"])
+        self.seconds += time.perf_counter() - started
+        print(f"\nepoch {epoch + 1}: validation mean per-volume DSC {summary['mean']:.4f} "
+              f"(median {summary['median']:.4f}, {summary['n']} patients)")
+
+
+class TensorBoardExtras(keras.callbacks.Callback):
+    """Learning rate, per-patient DSC bar chart and validation overlays in TensorBoard.
+
+    Overlays (every ``image_every`` epochs): the validation slices with the largest
+    tumours, FLAIR channel, prediction outlined red and ground truth green.
+    """
+
+    def __init__(self, logdir: str | os.PathLike, validation: VolumeValidation, image_every: int = 5, tiles: int = 8):
+        super().__init__()
+        self.validation, self.image_every = validation, max(1, image_every)
+        self.writer = tf.summary.create_file_writer(str(Path(logdir) / "validation"))
+        tumour = validation.table.masks.reshape(len(validation.table), -1).sum(axis=1)
+        self.rows = np.sort(np.argsort(-tumour, kind="stable")[:tiles])
+
+    def on_epoch_end(self, epoch, logs=None):
+        lr = self.model.optimizer.learning_rate
+        lr = float(lr(self.model.optimizer.iterations) if callable(lr) else keras.ops.convert_to_numpy(lr))
+        if logs is not None:
+            logs["learning_rate"] = lr
+        with self.writer.as_default(step=epoch):
+            tf.summary.scalar("volume_dsc_median", logs.get("val_volume_dsc_median", math.nan) if logs else math.nan)
+            chart = figure_to_array(dsc_bar_chart(self.validation.last_dsc, f"epoch {epoch + 1}"))
+            tf.summary.image("dsc_per_patient", chart[None])
+            if epoch % self.image_every == 0 or self.model.stop_training:
+                tf.summary.image("overlays", self._overlays()[None])
+        self.writer.flush()
+
+    def _overlays(self) -> np.ndarray:
+        table, probs = self.validation.table, self.validation.last_probabilities
+        tiles = [overlay(table.images[r, ..., FLAIR_CHANNEL], probs[r] > 0.5, table.masks[r]) for r in self.rows]
+        return grid(tiles, columns=4)
+
+
+class BestModel(keras.callbacks.Callback):
+    """Save the network to ``best.keras`` whenever the validation mean per-volume DSC improves."""
+
+    def __init__(self, path: str | os.PathLike, net: keras.Model, validation: VolumeValidation, state: dict):
+        super().__init__()
+        self.path, self.net, self.validation = Path(path), net, validation
+        # Restored from state.json when resuming.
+        self.best = state.get("best_val_volume_dsc", -1.0)
+        self.best_epoch = state.get("best_epoch", 0)
+        self.best_median = state.get("best_val_volume_dsc_median", math.nan)
+        self.best_per_patient: dict[str, float] = state.get("best_per_patient", {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = logs["val_volume_dsc"]
+        if value > self.best:
+            self.best, self.best_epoch = value, epoch + 1
+            self.best_median = logs["val_volume_dsc_median"]
+            self.best_per_patient = dict(self.validation.last_dsc)
+            tmp = self.path.with_name(f".{self.path.stem}-tmp.keras")
+            self.net.save(tmp)
+            os.replace(tmp, self.path)
+
+
+class ResumeState(keras.callbacks.Callback):
+    """Checkpoint everything a resumed run needs at the end of every epoch.
+
+    ``checkpoints/epoch-<E>`` (tf.train.Checkpoint: weights, optimizer, augmentation
+    RNG state) is written first; ``state.json`` (epoch, best, elapsed time, history)
+    is then replaced atomically to point at it, so an interruption at any moment
+    leaves a complete previous checkpoint. A run stopped by a non-finite loss
+    keeps its last good checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, checkpoint: tf.train.Checkpoint, state: dict, best: BestModel, clock):
+        super().__init__()
+        self.run_dir, self.checkpoint, self.state, self.best, self.clock = run_dir, checkpoint, state, best, clock
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not all(math.isfinite(float(v)) for v in logs.values()):
+            return
+        prefix = self.checkpoint.write(str(self.run_dir / "checkpoints" / f"epoch-{epoch + 1}"))
+        previous = self.state.get("checkpoint")
+        self.state.update(epoch=epoch + 1, checkpoint=os.path.relpath(prefix, self.run_dir),
+                          best_val_volume_dsc=self.best.best, best_epoch=self.best.best_epoch,
+                          best_val_volume_dsc_median=self.best.best_median,
+                          best_per_patient=self.best.best_per_patient,
+                          train_seconds=self.clock())
+        self.state.setdefault("history", []).append({k: float(v) for k, v in logs.items()})
+        write_json_atomic(self.run_dir / "state.json", self.state)
+        if previous:
+            for path in (self.run_dir / "checkpoints").glob(Path(previous).name + ".*"):
+                path.unlink(missing_ok=True)
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stop at the first NaN/inf training loss; the run then reports it and keeps its last good checkpoint."""
+
+    def __init__(self):
+        super().__init__()
+        self.failure: str | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failure = f"the training loss became {float(loss)} at batch {batch + 1} of epoch {self.epoch + 1}"
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop after the last epoch that fits ``minutes`` of training wall time (PROTOCOL.md budgets)."""
+
+    def __init__(self, minutes: float | None, clock):
+        super().__init__()
+        self.limit = None if minutes is None else minutes * 60.0
+        self.clock = clock
+        self.epoch_started = 0.0
+        self.stopped = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = self.clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.limit is None:
+            return
+        now = self.clock()
+        if now + (now - self.epoch_started) > self.limit:
+            print(f"\ntime budget: {now / 60:.1f} of {self.limit / 60:.0f} minutes used; another epoch would not fit")
+            self.stopped = True
+            self.model.stop_training = True
+
+
+def save_history_csv(path: Path, history: list[dict]) -> None:
+    """history.csv from the per-epoch logs (one row per epoch, written atomically)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(history)
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    write_json_atomic(path, json.loads(json.dumps(metrics, default=float)))

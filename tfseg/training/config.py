@@ -1,0 +1,137 @@
+"""Training configuration: one dataclass, its command-line flags and the presets."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from tfseg.data.augment import AugmentConfig
+
+# Presets override the defaults; flags given explicitly on the command line win over both.
+PRESETS = {
+    # The reference program's own settings (Buda et al.), for a machine with an accelerator.
+    "reference": dict(image_size=256, epochs=100, batch_size=16, lr=1e-4, optimizer="adam",
+                      schedule="constant"),
+    # PROTOCOL.md cpu-128: 128 px, at most 60 minutes of training on a 2-core CPU.
+    "cpu-128": dict(image_size=128, epochs=16, batch_size=16, lr=3e-4, optimizer="adam",
+                    schedule="cosine", time_budget_minutes=60.0),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; written to ``<logdir>/config.json``."""
+
+    arch: str = "unet"
+    loss: str = "dice"
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    image_size: int = 256
+    base_filters: int = 32
+    deep_supervision: bool = False
+    precision: str = "auto"
+    data: str = "kaggle_3m"
+    tfrecords: str | None = None
+    val_cases: int = 10
+    fold: int | None = None
+    folds: int | None = None
+    seed: int = 42
+    logdir: str | None = None
+    time_budget_minutes: float | None = None
+    image_every: int = 5
+    preset: str | None = None
+    augment: dict = field(default_factory=lambda: AugmentConfig().to_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tfseg.losses import LOSSES
+    from tfseg.models import ARCHITECTURES
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python train.py", description="Train a segmentation network on kaggle_3m "
+                                "(LGG FLAIR abnormality) with per-volume validation DSC.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named setting: reference = 256 px, "
+                   "100 epochs, batch 16, Adam 1e-4; cpu-128 = PROTOCOL.md's 60-minute CPU budget")
+    p.add_argument("--arch", default=d.arch, choices=sorted(ARCHITECTURES), help="network architecture")
+    p.add_argument("--loss", default=d.loss, choices=LOSSES, help="training loss")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="number of epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=d.lr, help="(initial) learning rate")
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "adamw"], help="optimizer")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="weight decay of adamw")
+    p.add_argument("--schedule", default=d.schedule, choices=["constant", "cosine", "plateau"],
+                   help="learning-rate schedule (plateau: halve when val DSC stalls 5 epochs)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="side of the preprocessed slices")
+    p.add_argument("--base-filters", type=int, default=d.base_filters, help="filters of the first level")
+    p.add_argument("--deep-supervision", action="store_true", help="auxiliary outputs at lower decoder levels")
+    p.add_argument("--precision", default=d.precision, choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                   help="dtype policy; auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, else float32")
+    p.add_argument("--data", default=d.data, help="kaggle_3m folder, or an already packed TFRecord folder")
+    p.add_argument("--tfrecords", default=None, help="where to pack kaggle_3m (default: tfrecords/<size>px)")
+    p.add_argument("--val-cases", type=int, default=d.val_cases, help="validation patients (PROTOCOL.md split)")
+    p.add_argument("--fold", type=int, default=None, help="cross-validation fold index (with --folds)")
+    p.add_argument("--folds", type=int, default=None, help="number of patient-level folds")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, sampling and augmentation")
+    p.add_argument("--logdir", default=None, help="run folder (default: runs/<arch>-<timestamp>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint")
+    p.add_argument("--time-budget-minutes", type=float, default=None,
+                   help="stop after the last epoch that fits this training wall time")
+    p.add_argument("--image-every", type=int, default=d.image_every,
+                   help="write validation overlays to TensorBoard every N epochs")
+    aug = AugmentConfig()
+    g = p.add_argument_group("augmentation (in the train step; 0 turns a component off)")
+    g.add_argument("--aug-scale", type=float, default=aug.scale, help="random zoom ±fraction")
+    g.add_argument("--aug-rotation", type=float, default=aug.rotation, help="random rotation ±degrees")
+    g.add_argument("--aug-flip", type=float, default=aug.flip, help="horizontal flip probability")
+    g.add_argument("--aug-brightness", type=float, default=aug.brightness, help="brightness shift ±")
+    g.add_argument("--aug-contrast", type=float, default=aug.contrast, help="contrast factor ±fraction")
+    g.add_argument("--aug-gamma", type=float, default=aug.gamma, help="gamma ±fraction")
+    g.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
+    return p
+
+
+# Settings that a resumed run may change (e.g. to train longer); all others come from its config.json.
+RESUMABLE_OVERRIDES = ("epochs", "time_budget_minutes")
+
+
+def config_from_args(argv=None) -> tuple[TrainConfig, str | None, dict]:
+    """Parse flags into a TrainConfig (preset < explicit flags).
+
+    Returns (config, resume_dir, overrides): overrides are the RESUMABLE_OVERRIDES given explicitly.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    explicit = _explicit_dests(parser, argv)
+    values = {k: v for k, v in vars(args).items() if not k.startswith("aug_") and k not in ("resume", "no_augment")}
+    if args.preset:
+        values.update({k: v for k, v in PRESETS[args.preset].items() if k not in explicit})
+    augment = AugmentConfig(scale=args.aug_scale, rotation=args.aug_rotation, flip=args.aug_flip,
+                            brightness=args.aug_brightness, contrast=args.aug_contrast, gamma=args.aug_gamma)
+    if args.no_augment:
+        augment = AugmentConfig(scale=0.0, rotation=0.0, flip=0.0)
+    values["augment"] = augment.to_dict()
+    overrides = {k: values[k] for k in RESUMABLE_OVERRIDES if k in explicit}
+    return TrainConfig.from_dict(values), args.resume, overrides
+
+
+def _explicit_dests(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """Destinations of the flags written on the command line (so presets don't override them)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    return {action.dest for action in parser._actions if given & set(action.option_strings)}

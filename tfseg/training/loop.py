@@ -1,0 +1,219 @@
+"""One training run: data -> model -> fit with callbacks -> metrics.json -> SavedModel export.
+
+``train(config)`` is what ``python train.py`` calls; ``train(config, resume=DIR)``
+continues an interrupted run from its last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from tfseg.data.augment import Augment
+from tfseg.data.kaggle import DataError
+from tfseg.data.pack import pack
+from tfseg.data.pipeline import load_slices, training_dataset
+from tfseg.data.records import MANIFEST, read_manifest, write_json_atomic
+from tfseg.data.split import split_patients
+from tfseg.losses import get_loss
+from tfseg.metrics import DiceCoefficient
+from tfseg.models import build_model, deep_supervision_weights, inference_model
+from tfseg.training import callbacks as cb
+from tfseg.training.config import TrainConfig
+from tfseg.training.runtime import choose_strategy, describe, machine_info, set_precision
+
+
+class TrainingError(RuntimeError):
+    """A run could not complete (e.g. a non-finite loss); the message says what was kept."""
+
+
+@keras.saving.register_keras_serializable(package="tfseg")
+class AugmentedTrainer(keras.Model):
+    """Wraps a segmentation network so augmentation runs inside the training step.
+
+    ``train_step`` augments the batch (on the accelerator when there is one), then
+    does the standard Keras step; evaluation and prediction see the raw inputs.
+    With deep supervision the single mask target is repeated for every output.
+    Only the wrapped ``net`` is saved for inference.
+    """
+
+    def __init__(self, net: keras.Model, augment: Augment, **kwargs):
+        super().__init__(**kwargs)
+        self.net, self.augment = net, augment
+        self.n_outputs = len(net.outputs)
+
+    def call(self, inputs, training=False):
+        return self.net(inputs, training=training)
+
+    def _targets(self, mask):
+        return mask if self.n_outputs == 1 else tuple([mask] * self.n_outputs)
+
+    def train_step(self, data):
+        image, mask = data
+        image, mask = self.augment(image, mask, training=True)
+        return super().train_step((image, self._targets(mask)))
+
+    def test_step(self, data):
+        image, mask = data
+        return super().test_step((image, self._targets(mask)))
+
+
+def resolve_tfrecords(config: TrainConfig) -> Path:
+    """The packed folder for this run: ``--data`` itself when already packed, else pack it (cached)."""
+    data = Path(config.data)
+    if (data / MANIFEST).is_file():
+        manifest = read_manifest(data)
+        if int(manifest["image_size"]) != config.image_size:
+            raise DataError(f"{data} was packed at {manifest['image_size']} px but --image-size is "
+                            f"{config.image_size}; pass --image-size {manifest['image_size']} or pack again.")
+        return data
+    out = Path(config.tfrecords or Path("tfrecords") / f"{config.image_size}px")
+    pack(data, out, config.image_size)
+    return out
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = config.lr
+    if config.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.epochs * steps_per_epoch, alpha=0.01)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    if config.logdir:
+        return Path(config.logdir)
+    return Path("runs") / f"{config.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: bool = True,
+          overrides: dict | None = None) -> dict:
+    """Run (or resume) training; returns the metrics written to ``metrics.json``.
+
+    When resuming, the run's own config.json is used, updated with ``overrides``
+    (e.g. ``{"epochs": 30}`` to train a finished run longer).
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").is_file():
+            raise DataError(f"--resume {run_dir}: no config.json there; give the folder of an earlier run.")
+        stored = json.loads((run_dir / "config.json").read_text())["config"]
+        config = TrainConfig.from_dict({**stored, **(overrides or {})})
+        state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
+    else:
+        run_dir, state = new_run_dir(config), {}
+    precision = set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+
+    folder = resolve_tfrecords(config)
+    manifest = read_manifest(folder)
+    train_names, val_names = split_patients(manifest["patients"], config.val_cases, config.fold, config.folds)
+    started = time.perf_counter()
+    train_table, val_table = load_slices(folder, train_names), load_slices(folder, val_names)
+    print(f"data: {len(train_names)} training patients ({len(train_table)} slices), {len(val_names)} validation "
+          f"patients ({len(val_table)} slices) from {folder}, loaded in {time.perf_counter() - started:.1f} s")
+
+    strategy = choose_strategy()
+    start_epoch = int(state.get("epoch", 0))
+    train_ds, steps = training_dataset(train_table, config.batch_size, config.seed, start_epoch)
+    with strategy.scope():
+        net = build_model(config.arch, (config.image_size, config.image_size, 3), config.base_filters,
+                          deep_supervision=config.deep_supervision)
+        augment = Augment(config.augment, seed=config.seed, name="augment")
+        trainer = AugmentedTrainer(net, augment, name="trainer")
+        loss = get_loss(config.loss)
+        optimizer = make_optimizer(config, steps)
+        n_out = len(net.outputs)
+        trainer.compile(optimizer=optimizer, loss=loss if n_out == 1 else [loss] * n_out,
+                        loss_weights=None if n_out == 1 else deep_supervision_weights(net),
+                        metrics=[DiceCoefficient()] if n_out == 1 else [[DiceCoefficient()]] + [[]] * (n_out - 1))
+        optimizer.build(net.trainable_variables)
+    checkpoint = tf.train.Checkpoint(net=net, optimizer=optimizer, augment_rng=augment.seed_generator.state)
+    if start_epoch:
+        checkpoint.read(str(run_dir / state["checkpoint"])).assert_existing_objects_matched()
+        print(f"resumed {run_dir} after epoch {start_epoch}")
+    else:
+        _write_config(run_dir, config, precision, strategy)
+
+    elapsed_before = float(state.get("train_seconds", 0.0))
+    fit_started = time.perf_counter()
+    clock = lambda: elapsed_before + time.perf_counter() - fit_started  # noqa: E731
+    infer = inference_model(net)
+    validation = cb.VolumeValidation(infer, val_table, loss, config.batch_size)
+    best = cb.BestModel(run_dir / "best.keras", infer, validation, state)
+    guard, budget = cb.NonFiniteGuard(), cb.TimeBudget(config.time_budget_minutes, clock)
+    callbacks = [validation, cb.TensorBoardExtras(run_dir / "tensorboard", validation, config.image_every),
+                 best, cb.ResumeState(run_dir, checkpoint, state, best, clock), guard, budget,
+                 keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau("val_volume_dsc", factor=0.5, patience=5, mode="max"))
+    if start_epoch >= config.epochs:
+        print(f"{run_dir} already finished {start_epoch} epochs")
+    else:
+        trainer.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
+                    callbacks=callbacks, verbose=1 if os.environ.get("TFSEG_QUIET") is None else 2)
+    if guard.failure:
+        raise TrainingError(f"{guard.failure}; training stopped. The last good checkpoint (epoch {state.get('epoch', 0)}) "
+                            f"and best.keras are kept in {run_dir}. Try a lower --lr or --precision float32, "
+                            f"then --resume {run_dir}.")
+    metrics = _final_metrics(run_dir, config, state, validation, steps, precision, budget.stopped)
+    if export and (run_dir / "best.keras").is_file():
+        from tfseg.export import export_run
+
+        export_run(run_dir)
+    print(f"best validation mean DSC: {metrics['best_val_volume_dsc']:.4f} (epoch {metrics['best_epoch']})")
+    return metrics
+
+
+def _write_config(run_dir: Path, config: TrainConfig, precision: str, strategy) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"config": dataclasses.asdict(config), "precision_policy": precision,
+               "strategy": json.loads(describe(strategy)), "machine": machine_info(),
+               "command": "python train.py " + _flags(config), "created": datetime.now().isoformat(timespec="seconds")}
+    write_json_atomic(run_dir / "config.json", payload)
+
+
+def _flags(config: TrainConfig) -> str:
+    """A command line that reproduces ``config`` (every non-augmentation setting spelled out)."""
+    parts = []
+    for key, value in dataclasses.asdict(config).items():
+        if key in ("augment", "preset", "tfrecords") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts.append(flag if value is True else f"{flag} {value}")
+    aug = config.augment
+    parts += [f"--aug-{k} {aug[k]}" for k in ("scale", "rotation", "flip", "brightness", "contrast", "gamma")]
+    return " ".join(parts)
+
+
+def _final_metrics(run_dir: Path, config: TrainConfig, state: dict, validation, steps: int, precision: str,
+                   budget_stopped: bool) -> dict:
+    history = state.get("history", [])
+    cb.save_history_csv(run_dir / "history.csv", history)
+    epochs_done = int(state.get("epoch", 0))
+    train_seconds = float(state.get("train_seconds", 0.0))
+    images = epochs_done * steps * config.batch_size
+    metrics = {
+        "best_val_volume_dsc": state.get("best_val_volume_dsc"),
+        "best_epoch": state.get("best_epoch"),
+        "val_volume_dsc_median": state.get("best_val_volume_dsc_median"),
+        "val_volume_dsc_by_patient": state.get("best_per_patient"),
+        "final_val_volume_dsc": history[-1]["val_volume_dsc"] if history else None,
+        "val_volume_dsc_by_epoch": [h["val_volume_dsc"] for h in history],
+        "train_seconds": train_seconds,
+        "epochs": epochs_done,
+        # Whole training wall time, per-epoch validation included: the honest end-to-end rate.
+        "images_per_second": images / train_seconds if train_seconds else None,
+        "precision": precision,
+        "stopped_by_time_budget": budget_stopped,
+        "arch": config.arch, "loss": config.loss, "image_size": config.image_size,
+    }
+    cb.write_metrics(run_dir / "metrics.json", metrics)
+    return metrics
