@@ -27,3 +27,16 @@ def phantom_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("phantom")
     return write_phantom(root / "kaggle_3m", n_patients=4, n_slices=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def packed_phantom_dir(phantom_dir, tmp_path_factory):
+    """The phantom packed at 64 px by `tfseg.data.pack.pack`, in worker processes as a user runs it.
+
+    Read-only: tests that change a packed folder copy it first.
+    """
+    from tfseg.data.pack import pack
+
+    out = tmp_path_factory.mktemp("packed") / "tfrecords64"
+    pack(phantom_dir, out, image_size=64, workers=1, progress=False)
+    return out

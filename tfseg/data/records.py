@@ -54,7 +54,10 @@ def serialize_slices(patient: str, image: np.ndarray, mask: np.ndarray, geometry
             "slice": _ints([index]),
             "geometry": _ints(geo),
         }
-        records.append(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+        # deterministic: map fields (the feature dict) in a fixed order, so the same slices give the same
+        # shard bytes (and SHA-256) in every process; by default the order varies with the hash seed.
+        example = tf.train.Example(features=tf.train.Features(feature=features))
+        records.append(example.SerializeToString(deterministic=True))
     return records
 
 

@@ -1,9 +1,10 @@
 """Residual U-Net (Zhang, Liu & Wang, "Road Extraction by Deep Residual U-Net", IEEE GRSL 15(5), 2018).
 
 Every level is a pre-activation residual unit (He et al. 2016): BN-ReLU-conv3x3 twice, plus a 1x1 conv
-shortcut. The encoder halves the resolution with a stride-2 first conv instead of max-pooling; the decoder
-upsamples, concatenates the skip and applies a residual unit. To give base_filters the same meaning as in
-the U-Net we use 4 encoder levels (f, 2f, 4f, 8f) + a 16f bridge, where the paper has 3 + bridge.
+shortcut (after 2x2 average pooling where the unit downsamples). The encoder halves the resolution with a
+stride-2 first conv instead of max-pooling; the decoder upsamples, concatenates the skip and applies a
+residual unit. To give base_filters the same meaning as in the U-Net we use 4 encoder levels
+(f, 2f, 4f, 8f) + a 16f bridge, where the paper has 3 + bridge.
 
 Layer names: `{level}_bn{i}`/`{level}_relu{i}` pre-activate `{level}_conv{i}`; `{level}_shortcut`;
 the unit's output is the Add layer `{level}`, with levels enc1..enc4, bridge, dec4..dec1.
@@ -23,7 +24,13 @@ def residual_unit(x, filters: int, strides: int, name: str, preactivate: bool = 
     """
     # No biases anywhere in the unit: each conv's output reaches a BatchNorm or `out_conv` through linear
     # layers only, so a bias would be absorbed there.
-    shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_shortcut")(x)
+    shortcut = x
+    if strides > 1:
+        # Average-pool then 1x1 conv (the "ResNet-D" shortcut) rather than a stride-2 1x1 conv, which would
+        # drop three pixels in four, and whose filter gradient is broken in TF 2.21's oneDNN CPU kernels
+        # for < 16 input channels (heap corruption / wrong values; oneDNN issue #6035).
+        shortcut = layers.AveragePooling2D(strides, name=f"{name}_shortcut_pool")(shortcut)
+    shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_shortcut")(shortcut)
     y = x
     if preactivate:
         y = batch_norm(f"{name}_bn1")(y)
