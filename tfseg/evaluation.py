@@ -1,0 +1,480 @@
+"""Evaluate a trained network on raw kaggle_3m patients, as PROTOCOL.md measures it.
+
+    python evaluate.py --model RUN_DIR [--data ./kaggle_3m] [--out RUN_DIR/eval] [--tta]
+
+Per patient: read the .tif slices (tfseg.data.kaggle), preprocess them
+(tfseg.data.preprocess.preprocess_volume, the one implementation), predict the
+slices in batches (optionally averaged with the horizontally flipped image),
+then score in two geometries with tfseg.metrics:
+
+* *preprocessed*: threshold + largest 3-D component of the (S', N, N)
+  probabilities against the preprocessed mask (the reference's number, the headline);
+* *native*: the probabilities mapped back with ``invert_volume(order=1)`` onto the
+  original (S, 256, 256) slices, then threshold + largest component, against the
+  original mask (what a user of the segmentation gets).
+
+HD95 is in pixels of the native 256×256 grid in both geometries (the
+preprocessed one is scaled by side/N in-plane); along the slice axis one slice
+counts 1.
+
+Files written to ``--out`` (each under a temporary name, then renamed):
+``per_patient.csv``, ``summary.json``, ``dsc.png`` and, per patient,
+``overlays/<patient>.gif`` (every native slice, FLAIR with the prediction in red
+and the truth in green) and ``overlays/<patient>_montage.png`` (the 6 slices
+with the largest tumour).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+import tfseg
+from tfseg.data.kaggle import DataError, PatientFiles, PatientVolume, read_patient, scan_folder, select_patients
+from tfseg.data.preprocess import invert_volume, preprocess_volume
+from tfseg.data.records import MANIFEST, sha256_file, write_json_atomic
+from tfseg.data.split import split_patients
+from tfseg.metrics import postprocess_volume, volume_scores
+from tfseg.visualize import (FLAIR_CHANNEL, atomic_path, dsc_bar_charts, grid, largest_slices, save_figure,
+                             save_gif, save_png, volume_overlays)
+
+# A predict function: (B, N, N, 3) float32 preprocessed slices -> (B, N, N) or (B, N, N, 1) probabilities.
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+SCORE_KEYS = ("dsc", "hd95", "sensitivity", "precision", "pred_voxels", "true_voxels")
+GEOMETRIES = ("pre", "native")
+MONTAGE_SLICES = 6
+
+
+class ModelLoadError(ValueError):
+    """The model path is missing, of an unknown kind, or cannot be loaded; the message names the path."""
+
+
+@dataclass
+class EvalOptions:
+    """Post-processing and prediction settings (the protocol's defaults)."""
+
+    threshold: float = 0.5
+    lcc: bool = True
+    tta: bool = False
+    batch_size: int = 16
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to predict, with where it came from.
+
+    ``predict``: (B, N, N, 3) float32 -> probabilities; ``run_dir`` / ``run_config``: the
+    training run the model belongs to (for its split), when it has a config.json.
+    """
+
+    path: Path
+    kind: str
+    predict: PredictFn
+    image_size: int
+    sha256: str
+    run_dir: Path | None = None
+    run_config: dict | None = None
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "sha256": self.sha256, "image_size": self.image_size,
+                "run_dir": None if self.run_dir is None else str(self.run_dir)}
+
+
+@dataclass
+class PatientResult:
+    """Scores of one patient in both geometries and its native-geometry prediction.
+
+    ``pre`` / ``native``: dicts of :func:`tfseg.metrics.volume_scores`;
+    ``prediction``: (S, 256, 256) bool, post-processed native prediction.
+    """
+
+    patient: str
+    slices: int
+    slices_pre: int
+    pre: dict
+    native: dict
+    prediction: np.ndarray = field(repr=False)
+
+    def row(self) -> dict:
+        """One per_patient.csv row."""
+        out = {"patient": self.patient, "slices": self.slices, "slices_pre": self.slices_pre}
+        for geometry in GEOMETRIES:
+            scores = getattr(self, geometry)
+            out.update({f"{key}_{geometry}": scores[key] for key in SCORE_KEYS})
+        return out
+
+
+# ----------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------
+
+def load_model(path: str | Path, image_size: int | None = None) -> LoadedModel:
+    """Load a SavedModel folder, a ``.keras`` file or a run folder (its best.keras).
+
+    ``image_size`` is only needed for a model whose input size is not fixed. Raises
+    ModelLoadError naming ``path`` when it is missing, of an unknown kind or corrupt.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model path {path} does not exist; give a training run folder (holding best.keras), "
+                             "its export/ folder (a SavedModel) or a .keras file")
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return _load_saved_model(path, _owning_run(path), image_size)
+    if path.is_dir() and ((path / "best.keras").exists() or (path / "config.json").is_file()):
+        if not (path / "best.keras").is_file():
+            raise ModelLoadError(f"run folder {path} holds no best.keras: training has not saved a model yet "
+                                 "(it is written after the first validated epoch)")
+        return _load_keras(path / "best.keras", path, image_size)
+    if path.is_file() and path.suffix == ".keras":
+        return _load_keras(path, _owning_run(path), image_size)
+    raise ModelLoadError(f"model path {path} is neither a SavedModel folder (no saved_model.pb), a run folder "
+                         "(no best.keras) nor a .keras file")
+
+
+def _owning_run(path: Path) -> Path | None:
+    """The run folder a model inside it belongs to (RUN_DIR/export, RUN_DIR/best.keras), if any."""
+    return path.parent if (path.parent / "config.json").is_file() else None
+
+
+def _read_run_config(run_dir: Path | None) -> dict | None:
+    if run_dir is None:
+        return None
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{run_dir / 'config.json'} cannot be read ({err}); pass --patients to choose "
+                             "the patients without the run's split") from err
+
+
+def _image_size(shape, what: Path, run_config: dict | None, image_size: int | None) -> int:
+    """N from a model input shape (B, N, N, 3); the run's or the caller's size when the model leaves it open."""
+    if len(shape) != 4 or shape[-1] != 3 or shape[1] != shape[2]:
+        raise ModelLoadError(f"{what}: the model takes input of shape {tuple(shape)}, expected (batch, N, N, 3)")
+    if shape[1] is not None:
+        return int(shape[1])
+    if image_size is None and run_config is not None:
+        image_size = run_config.get("config", {}).get("image_size")
+    if image_size is None:
+        raise ModelLoadError(f"{what}: the model accepts any image size and no run config says which one it was "
+                             "trained at; pass image_size")
+    return int(image_size)
+
+
+def _load_keras(path: Path, run_dir: Path | None, image_size: int | None) -> LoadedModel:
+    import keras
+
+    import tfseg.losses  # noqa: F401  (registers the custom objects a .keras file may name)
+    import tfseg.models  # noqa: F401
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:  # keras raises many types (zipfile, ValueError, OSError) for a bad file
+        raise ModelLoadError(f"{path}: cannot load the Keras model ({type(err).__name__}: {err}); the file is "
+                             "corrupt or not a .keras archive: use the run's best.keras or retrain") from err
+    run_config = _read_run_config(run_dir)
+    size = _image_size(tuple(model.inputs[0].shape), path, run_config, image_size)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = model.predict_on_batch(batch)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    return LoadedModel(path, "keras", predict, size, sha256_file(path), run_dir, run_config)
+
+
+def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) -> LoadedModel:
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as err:  # TF raises OSError, DecodeError, InvalidArgument... for a bad folder
+        raise ModelLoadError(f"{path}: cannot load the SavedModel ({type(err).__name__}: {str(err)[:300]}); "
+                             "export it again with `python -m tfseg.export RUN_DIR`") from err
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature "
+                             f"(it has {sorted(loaded.signatures)})")
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    if len(inputs) != 1 or ("probabilities" not in outputs and len(outputs) != 1):
+        raise ModelLoadError(f"{path}: serving_default must take one image tensor and return probabilities; "
+                             f"it takes {sorted(inputs)} and returns {sorted(outputs)}")
+    (input_name, spec), = inputs.items()
+    output_name = "probabilities" if "probabilities" in outputs else next(iter(outputs))
+    run_config = _read_run_config(run_dir)
+    size = _image_size(tuple(spec.shape), path, run_config, image_size)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        # `loaded` stays referenced by this closure: the signature needs its variables alive.
+        return signature(**{input_name: tf.constant(batch, tf.float32)})[output_name].numpy()
+
+    predict.loaded = loaded
+    return LoadedModel(path, "saved_model", predict, size, saved_model_sha256(path), run_dir, run_config)
+
+
+def saved_model_sha256(folder: Path) -> str:
+    """SHA-256 over saved_model.pb and every file under variables/ (relative names and contents)."""
+    digest = hashlib.sha256()
+    files = [folder / "saved_model.pb"] + sorted(p for p in (folder / "variables").rglob("*") if p.is_file())
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------
+# Data and split
+# ----------------------------------------------------------------------------
+
+def resolve_data(data: str | Path | None, run_config: dict | None) -> Path:
+    """The raw kaggle_3m folder to read: ``data``, else the run's --data; a packed folder leads to its source."""
+    if data is None:
+        data = (run_config or {}).get("config", {}).get("data") or "kaggle_3m"
+    data = Path(data)
+    manifest = data / MANIFEST
+    if manifest.is_file():
+        # Evaluation needs the original slices (native geometry): follow the packed folder to its source.
+        source = Path(json.loads(manifest.read_text()).get("source", ""))
+        if not (source.is_dir() and scan_folder(source)):
+            raise DataError(f"{data} is a packed TFRecord folder and its source {source} is gone; pass the "
+                            "kaggle_3m folder with --data (evaluation needs the original .tif slices)")
+        return source
+    return data
+
+
+def choose_patients(scanned: list[PatientFiles], patients: list[str] | None,
+                    run_config: dict | None) -> tuple[list[PatientFiles], dict]:
+    """The patients to evaluate and how they were chosen.
+
+    ``patients``: ["all"], explicit names, or None for the validation patients of the
+    run's split (tfseg.data.split.split_patients over the patients present, with the
+    run's val_cases / fold / folds, exactly as train() calls it).
+    """
+    names = [f.patient for f in scanned]
+    if patients == ["all"]:
+        return scanned, {"source": "--patients all"}
+    if patients:
+        return select_patients(scanned, list(patients)), {"source": "--patients"}
+    if run_config is None:
+        raise DataError("the model is not inside a training run (no config.json beside it), so its validation "
+                        "split is unknown: pass --patients all or --patients NAME...")
+    config = run_config.get("config", {})
+    split = {k: config.get(k) for k in ("val_cases", "fold", "folds")}
+    try:
+        # train() does not pass its seed: the split seed is split.VAL_SEED whatever --seed was.
+        _, validation = split_patients(names, split["val_cases"] or 10, split["fold"], split["folds"])
+    except ValueError as err:
+        raise DataError(f"cannot reproduce the run's split over the {len(names)} patients found: {err}") from err
+    return select_patients(scanned, validation), {"source": "run config", **split}
+
+
+def data_fingerprint(files: list[PatientFiles], root: Path) -> dict:
+    """SHA-256 of the sorted (relative path, size) list of every slice and mask read."""
+    listing = sorted([p.relative_to(root).as_posix(), p.stat().st_size]
+                     for f in files for p in f.images + f.masks)
+    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    return {"path": str(root), "files": len(listing), "bytes": sum(size for _, size in listing),
+            "sha256_of_names_and_sizes": digest}
+
+
+# ----------------------------------------------------------------------------
+# Prediction and scores
+# ----------------------------------------------------------------------------
+
+def predict_volume(predict: PredictFn, image: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
+    """Probabilities of every slice: image (S', N, N, 3) float32 -> (S', N, N) float32.
+
+    With ``tta`` each batch is also predicted flipped left-right, flipped back and averaged.
+    """
+    out = []
+    for start in range(0, len(image), batch_size):
+        batch = np.ascontiguousarray(image[start:start + batch_size], np.float32)
+        probabilities = _as_slices(predict(batch), batch.shape)
+        if tta:
+            flipped = _as_slices(predict(np.ascontiguousarray(batch[:, :, ::-1])), batch.shape)
+            probabilities = 0.5 * (probabilities + flipped[:, :, ::-1])
+        out.append(probabilities)
+    return np.concatenate(out).astype(np.float32)
+
+
+def _as_slices(probabilities, shape) -> np.ndarray:
+    probabilities = np.asarray(probabilities, np.float32)
+    if probabilities.ndim == 4 and probabilities.shape[-1] == 1:
+        probabilities = probabilities[..., 0]
+    if probabilities.shape != shape[:3]:
+        raise ValueError(f"the model returned shape {probabilities.shape} for a batch of shape {shape}; "
+                         f"expected {shape[:3]} (+ a channel of 1)")
+    return probabilities
+
+
+def evaluate_patient(volume: PatientVolume, predict: PredictFn, image_size: int,
+                     options: EvalOptions = EvalOptions()) -> PatientResult:
+    """Predict one patient and score it in both geometries (see the module docstring)."""
+    try:
+        image, mask, geometry = preprocess_volume(volume.image, volume.mask, image_size)
+    except ValueError as err:
+        raise DataError(f"patient {volume.patient}: {err}") from err
+    probabilities = predict_volume(predict, image, options.batch_size, options.tta)
+    prediction = postprocess_volume(probabilities, options.threshold, options.lcc)
+    in_plane = geometry.side / image_size  # one preprocessed pixel in native pixels
+    pre = volume_scores(prediction, mask > 0, voxelspacing=(1.0, in_plane, in_plane))
+    native_probabilities = invert_volume(probabilities, geometry, order=1)
+    native_prediction = postprocess_volume(native_probabilities, options.threshold, options.lcc)
+    native = volume_scores(native_prediction, volume.mask > 0)
+    return PatientResult(volume.patient, int(volume.image.shape[0]), int(image.shape[0]), pre, native,
+                         native_prediction)
+
+
+# ----------------------------------------------------------------------------
+# The whole evaluation
+# ----------------------------------------------------------------------------
+
+def evaluate(data: str | Path, predict: PredictFn, image_size: int, out: str | Path,
+             patients: list[str] | None = None, options: EvalOptions = EvalOptions(), *,
+             model_info: dict | None = None, split_info: dict | None = None, overlays: bool = True,
+             progress: bool = True, command: str | None = None) -> dict:
+    """Evaluate ``patients`` (default: all) of the kaggle_3m folder ``data``; write every file to ``out``.
+
+    ``predict``: (B, N, N, 3) float32 -> (B, N, N[, 1]) probabilities, N = ``image_size``
+    (a loaded model's ``predict``, or any stand-in). Returns the summary (also summary.json).
+    """
+    data, out = Path(data), Path(out)
+    scanned = scan_folder(data)  # checks the whole layout before reading a pixel
+    files = select_patients(scanned, None if patients is None else list(patients))
+    if not files:
+        raise DataError(f"no patients to evaluate in {data}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = []
+    for patient_files in tqdm(files, desc="evaluating", unit="patient", disable=not progress):
+        volume = read_patient(patient_files)
+        result = evaluate_patient(volume, predict, image_size, options)
+        if overlays:
+            write_overlays(out / "overlays", volume, result.prediction)
+        result.prediction = None  # the overlays are written: free the volume
+        results.append(result)
+    summary = summarize_results(results)
+    summary.update(options=asdict(options) | {"image_size": image_size, "overlays": overlays},
+                   model=model_info, data=data_fingerprint(files, data), split=split_info or {"source": "caller"},
+                   seconds=round(time.perf_counter() - started, 3), command=command,
+                   tfseg_version=tfseg.__version__, created=datetime.now().isoformat(timespec="seconds"))
+    write_per_patient_csv(out / "per_patient.csv", results)
+    write_dsc_chart(out / "dsc.png", results)
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def summarize_results(results: list[PatientResult]) -> dict:
+    """Means and medians over patients; NaN scores (undefined) are left out and counted."""
+    summary = {"n_patients": len(results), "patients": [r.patient for r in results]}
+    for geometry in GEOMETRIES:
+        suffix = "" if geometry == "pre" else "_native"
+        for key in ("dsc", "hd95", "sensitivity", "precision"):
+            values = np.array([getattr(r, geometry)[key] for r in results], np.float64)
+            defined = values[~np.isnan(values)]
+            summary[f"mean_{key}{suffix}"] = float(defined.mean()) if defined.size else None
+            summary[f"median_{key}{suffix}"] = float(np.median(defined)) if defined.size else None
+            if key != "dsc":
+                summary[f"n_defined_{key}{suffix}"] = int(defined.size)
+        summary[f"dsc{suffix}_by_patient"] = {r.patient: getattr(r, geometry)["dsc"] for r in results}
+    return summary
+
+
+def write_per_patient_csv(path: Path, results: list[PatientResult]) -> None:
+    rows = [r.row() for r in results]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def write_dsc_chart(path: Path, results: list[PatientResult]) -> None:
+    panels = {f"{title} geometry": {r.patient: getattr(r, geometry)["dsc"] for r in results}
+              for geometry, title in zip(GEOMETRIES, ("preprocessed", "native"))}
+    save_figure(dsc_bar_charts(panels), path)
+
+
+def write_overlays(folder: Path, volume: PatientVolume, prediction: np.ndarray) -> None:
+    """``<patient>.gif`` (every native slice) and ``<patient>_montage.png`` (the largest tumours)."""
+    frames = volume_overlays(volume.image[..., FLAIR_CHANNEL], prediction, volume.mask > 0)
+    save_gif(folder / f"{volume.patient}.gif", frames)
+    chosen = largest_slices(volume.mask, MONTAGE_SLICES, tiebreak=prediction)
+    save_png(folder / f"{volume.patient}_montage.png", grid([frames[i] for i in chosen], columns=3))
+
+
+def evaluate_model(model: str | Path, data: str | Path | None = None, out: str | Path | None = None,
+                   patients: list[str] | None = None, options: EvalOptions = EvalOptions(), *,
+                   overlays: bool = True, progress: bool = True, command: str | None = None) -> dict:
+    """Load ``model`` (SavedModel folder, .keras file or run folder) and evaluate it; see :func:`evaluate`.
+
+    ``data`` defaults to the run's --data (a packed folder leads to its kaggle_3m source);
+    ``out`` to RUN_DIR/eval; ``patients`` to the validation patients of the run's split.
+    """
+    loaded = load_model(model)
+    if out is None:
+        if loaded.run_dir is None:
+            raise DataError(f"{model} is not inside a training run: pass --out DIR")
+        out = loaded.run_dir / "eval"
+    root = resolve_data(data, loaded.run_config)
+    files, split_info = choose_patients(scan_folder(root), patients, loaded.run_config)
+    return evaluate(root, loaded.predict, loaded.image_size, out, [f.patient for f in files], options,
+                    model_info=loaded.describe(), split_info=split_info, overlays=overlays, progress=progress,
+                    command=command)
+
+
+# ----------------------------------------------------------------------------
+# Command line (evaluate.py)
+# ----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EvalOptions()
+    p = argparse.ArgumentParser(prog="python evaluate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Per-volume DSC / HD95 of a trained model on kaggle_3m patients, in "
+                                            "the preprocessed and the native geometry, with plots and overlays.")
+    p.add_argument("--model", required=True, help="a training run folder (uses best.keras and its split), "
+                   "RUN_DIR/export (SavedModel) or a .keras file")
+    p.add_argument("--data", default=None, help="kaggle_3m folder (default: the run's --data; a packed folder "
+                   "leads to its source)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval)")
+    p.add_argument("--patients", nargs="+", default=None, metavar="all|NAME",
+                   help="'all' or patient folder names (default: the validation patients of the run's split)")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
+    p.add_argument("--no-lcc", action="store_true", help="keep every component, not only the largest")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="foreground where probability > threshold")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="slices per prediction batch")
+    p.add_argument("--no-overlays", action="store_true", help="skip the per-patient GIFs and montages")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    options = EvalOptions(threshold=args.threshold, lcc=not args.no_lcc, tta=args.tta, batch_size=args.batch_size)
+    try:
+        summary = evaluate_model(args.model, args.data, args.out, args.patients, options,
+                                 overlays=not args.no_overlays, command="python evaluate.py " + shlex.join(argv))
+    except (ModelLoadError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{summary['n_patients']} patients: mean DSC {summary['mean_dsc']:.4f} (median {summary['median_dsc']:.4f}); "
+          f"native geometry {summary['mean_dsc_native']:.4f} (median {summary['median_dsc_native']:.4f}); "
+          f"mean HD95 (native) {_fmt(summary['mean_hd95_native'])} px")
+    return 0
+
+
+def _fmt(value) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
