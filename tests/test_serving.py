@@ -10,6 +10,7 @@ import tensorflow as tf
 from skimage.transform import resize
 
 from tfseg import export
+from tfseg.data import preprocess_graph
 from tfseg.data.kaggle import read_patient, scan_folder
 from tfseg.data.preprocess import preprocess_volume
 from tfseg.evaluation import evaluate_patient
@@ -110,23 +111,23 @@ def test_invalid_input_fails_with_a_clear_message(served, slices, message):
 def test_resize_matrices_reproduce_skimage_resize(size_in, size_out):
     rng = np.random.default_rng(size_in)
     image = rng.random((size_in, size_in))
-    spline = export.spline2_resize_matrix(size_in, size_out).numpy()
+    spline = preprocess_graph.spline2_resize_matrix(size_in, size_out).numpy()
     expected = resize(image, (size_out, size_out), order=2, mode="constant", cval=0, anti_aliasing=False)
     np.testing.assert_allclose(_clip(spline @ image @ spline.T, image), expected, atol=1e-12)
-    linear = export.linear_resize_matrix(size_out, size_in).numpy()
+    linear = preprocess_graph.linear_resize_matrix(size_out, size_in).numpy()
     small = rng.random((size_out, size_out))
     expected = resize(small, (size_in, size_in), order=1, mode="constant", cval=0, anti_aliasing=False)
     np.testing.assert_allclose(_clip(linear @ small @ linear.T, small), expected, atol=1e-12)
 
 
 def _clip(output, source):
-    return export._clip_like_skimage(tf.constant(output), tf.constant(source)).numpy()
+    return preprocess_graph._clip_like_skimage(tf.constant(output), tf.constant(source)).numpy()
 
 
 def test_graph_preprocessing_equals_preprocess_volume(phantom_dir):
     volume = read_patient(scan_folder(phantom_dir)[0])
     image, _, geometry = preprocess_volume(volume.image, volume.mask, SIZE)
-    graph_image, graph_geometry = export.preprocess_graph(tf.constant(volume.image), SIZE)
+    graph_image, graph_geometry = preprocess_graph.preprocess_graph(tf.constant(volume.image), SIZE)
     np.testing.assert_allclose(graph_image.numpy(), image, atol=1e-5)
     g = {k: int(v) for k, v in graph_geometry.items()}
     assert (g["z0"], g["z1"], g["y0"], g["y1"], g["x0"], g["x1"]) == (geometry.z0, geometry.z1, geometry.y0,
@@ -138,12 +139,12 @@ def test_percentile_matches_numpy_linear_interpolation():
     values = np.random.default_rng(0).random(1001) ** 3
     ordered = tf.sort(tf.constant(values))
     for q in (0.0, 10.0, 37.5, 99.0, 100.0):
-        assert float(export.percentile_sorted(ordered, q)) == pytest.approx(np.percentile(values, q), abs=1e-15)
+        assert float(preprocess_graph.percentile_sorted(ordered, q)) == pytest.approx(np.percentile(values, q), abs=1e-15)
 
 
 def test_graph_largest_component_equals_scipy_including_ties():
     rng = np.random.default_rng(0)
-    lcc = tf.function(export.largest_component_3d)
+    lcc = tf.function(preprocess_graph.largest_component_3d)
     for _ in range(20):
         mask = rng.random(tuple(rng.integers(1, 20, 3))) < rng.uniform(0.05, 0.7)
         expected = largest_connected_component(mask) if mask.any() else mask
