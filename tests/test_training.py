@@ -52,8 +52,22 @@ def _check_run(run_dir: Path, epochs: int):
     assert {"cpu", "tensorflow", "keras"} <= set(config["machine"])
     for name in ("best.keras", "history.csv", "state.json", "export/saved_model.pb"):
         assert (run_dir / name).exists(), name
-    assert list((run_dir / "tensorboard" / "validation").iterdir())
+    _check_tensorboard(run_dir / "tensorboard")
     return metrics
+
+
+def _check_tensorboard(logdir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def tags(folder):
+        events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+        events.Reload()
+        return events
+
+    assert {"epoch_loss", "epoch_dsc", "epoch_learning_rate"} <= set(tags(logdir / "train").Tags()["tensors"])
+    validation = set(tags(logdir / "validation").Tags()["tensors"])
+    assert {"epoch_loss", "epoch_volume_dsc", "epoch_volume_dsc_median", "dsc_per_patient", "overlays"} <= validation
+    assert "_hparams_/session_start_info" in tags(logdir).PluginTagToContent("hparams")
 
 
 def test_one_epoch_on_phantom_writes_a_complete_run_and_export_matches_keras(packed_phantom, tmp_path):

@@ -62,18 +62,32 @@ class VolumeValidation(keras.callbacks.Callback):
 
 
 class TensorBoardExtras(keras.callbacks.Callback):
-    """Learning rate, per-patient DSC bar chart and validation overlays in TensorBoard.
+    """Learning rate, HParams, per-patient DSC bar chart and validation overlays in TensorBoard.
 
     Overlays (every ``image_every`` epochs): the validation slices with the largest
-    tumours, FLAIR channel, prediction outlined red and ground truth green.
+    tumours, FLAIR channel, prediction outlined red and ground truth green. The
+    hyperparameters go to the HParams plugin (with the validation DSC as metrics),
+    so `tensorboard --logdir runs` compares runs side by side.
     """
 
-    def __init__(self, logdir: str | os.PathLike, validation: VolumeValidation, image_every: int = 5, tiles: int = 8):
+    def __init__(self, logdir: str | os.PathLike, validation: VolumeValidation, hparams: dict,
+                 image_every: int = 5, tiles: int = 8):
         super().__init__()
+        self.logdir, self.hparams = Path(logdir), hparams
         self.validation, self.image_every = validation, max(1, image_every)
-        self.writer = tf.summary.create_file_writer(str(Path(logdir) / "validation"))
+        self.writer = tf.summary.create_file_writer(str(self.logdir / "validation"))
         tumour = validation.table.masks.reshape(len(validation.table), -1).sum(axis=1)
         self.rows = np.sort(np.argsort(-tumour, kind="stable")[:tiles])
+
+    def on_train_begin(self, logs=None):
+        from tensorboard.plugins.hparams import api as hp
+
+        metrics = [hp.Metric("epoch_volume_dsc", group="validation", display_name="val mean volume DSC"),
+                   hp.Metric("epoch_volume_dsc_median", group="validation", display_name="val median volume DSC"),
+                   hp.Metric("epoch_loss", group="validation", display_name="val loss")]
+        with tf.summary.create_file_writer(str(self.logdir)).as_default():
+            hp.hparams_config(hparams=[hp.HParam(name) for name in self.hparams], metrics=metrics)
+            hp.hparams(self.hparams, trial_id=self.logdir.parent.name)
 
     def on_epoch_end(self, epoch, logs=None):
         lr = self.model.optimizer.learning_rate
@@ -81,7 +95,6 @@ class TensorBoardExtras(keras.callbacks.Callback):
         if logs is not None:
             logs["learning_rate"] = lr
         with self.writer.as_default(step=epoch):
-            tf.summary.scalar("volume_dsc_median", logs.get("val_volume_dsc_median", math.nan) if logs else math.nan)
             chart = figure_to_array(dsc_bar_chart(self.validation.last_dsc, f"epoch {epoch + 1}"))
             tf.summary.image("dsc_per_patient", chart[None])
             if epoch % self.image_every == 0 or self.model.stop_training:

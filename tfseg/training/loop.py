@@ -149,7 +149,8 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
     validation = cb.VolumeValidation(infer, val_table, loss, config.batch_size)
     best = cb.BestModel(run_dir / "best.keras", infer, validation, state)
     guard, budget = cb.NonFiniteGuard(), cb.TimeBudget(config.time_budget_minutes, clock)
-    callbacks = [validation, cb.TensorBoardExtras(run_dir / "tensorboard", validation, config.image_every),
+    callbacks = [validation, cb.TensorBoardExtras(run_dir / "tensorboard", validation, _hparams(config, precision),
+                                                  config.image_every),
                  best, cb.ResumeState(run_dir, checkpoint, state, best, clock), guard, budget,
                  keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
     if config.schedule == "plateau":
@@ -170,6 +171,14 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
         export_run(run_dir)
     print(f"best validation mean DSC: {metrics['best_val_volume_dsc']:.4f} (epoch {metrics['best_epoch']})")
     return metrics
+
+
+def _hparams(config: TrainConfig, precision: str) -> dict:
+    """Scalar settings for TensorBoard's HParams plugin (bool/int/float/str only)."""
+    values = {k: v for k, v in dataclasses.asdict(config).items()
+              if isinstance(v, (bool, int, float, str)) and k not in ("data", "tfrecords", "logdir", "image_every")}
+    values.update({f"aug_{k}": float(v) for k, v in config.augment.items()}, precision_policy=precision)
+    return values
 
 
 def _write_config(run_dir: Path, config: TrainConfig, precision: str, strategy) -> None:
