@@ -203,3 +203,17 @@ def test_auto_precision_picks_bfloat16_only_on_cpus_that_have_it(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
     assert choose_precision("auto")[0] == "float32"
     assert choose_precision("mixed_float16")[0] == "mixed_float16"
+
+
+def test_deep_supervision_trains_all_outputs_and_keeps_only_the_main_one_for_inference(packed_phantom, tmp_path):
+    from tfseg.training.loop import train
+
+    run_dir = tmp_path / "ds"
+    train(TrainConfig(data=str(packed_phantom), logdir=str(run_dir), deep_supervision=True, arch="resunet",
+                      loss="focal_tversky", **SMALL), export=False)
+    history = json.loads((run_dir / "state.json").read_text())["history"][0]
+    # Keras logs the first output's loss on its own; the total adds the weighted auxiliary losses (1, 0.5, 0.25).
+    main_loss = next(v for k, v in history.items() if k.endswith("_loss") and not k.startswith("val"))
+    assert history["loss"] > 1.2 * main_loss
+    model = keras.models.load_model(run_dir / "best.keras", compile=False)
+    assert len(model.outputs) == 1 and model.outputs[0].shape[1:] == (64, 64, 1)
