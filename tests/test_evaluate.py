@@ -121,7 +121,13 @@ def make_untrained_run(run_dir: Path, data: str) -> Path:
     run_dir.mkdir(parents=True)
     model.save(run_dir / "best.keras")
     config = TrainConfig(data=data, image_size=64, base_filters=8, val_cases=1, epochs=0)
-    (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config),
+    # The split as train() records it; the validation patient is deliberately not the one the split rule
+    # would draw, so the tests see that evaluation reads the record instead of recomputing it.
+    names = sorted(f.patient for f in scan_folder(data))
+    rule = split_patients(names, val_cases=1)[1]
+    validation = [next(n for n in names if n not in rule)]
+    split = {"training": [n for n in names if n not in validation], "validation": validation}
+    (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config), "split": split,
                                                      "command": "python train.py --image-size 64"}))
     export_saved_model(model, run_dir / "export")
     return run_dir
@@ -162,10 +168,22 @@ def test_evaluate_py_on_the_run_export_writes_every_file_for_the_validation_pati
     code = evaluate_py.main(["--model", str(phantom_run / "export"), "--data", str(phantom_dir), "--out", str(out),
                              "--tta", "--batch-size", "5"])
     assert code == 0
-    names = [f.patient for f in scan_folder(phantom_dir)]
-    summary = check_outputs(out, split_patients(names, val_cases=1)[1])
+    # The validation patients come from the split train() wrote into config.json, not a recomputation.
+    recorded = json.loads((phantom_run / "config.json").read_text())["split"]["validation"]
+    summary = check_outputs(out, recorded)
     assert summary["model"]["kind"] == "saved_model" and summary["options"]["tta"] is True
-    assert summary["split"] == {"source": "run config", "val_cases": 1, "fold": None, "folds": None}
+    assert summary["split"] == {"source": "run config split", "validation": recorded}
+
+
+def test_a_run_from_before_the_recorded_split_gets_its_split_recomputed(phantom_run, phantom_dir, tmp_path):
+    from tfseg.evaluation import choose_patients
+
+    config = json.loads((phantom_run / "config.json").read_text())
+    del config["split"]
+    files, info = choose_patients(scan_folder(phantom_dir), None, config)
+    names = [f.patient for f in scan_folder(phantom_dir)]
+    assert [f.patient for f in files] == split_patients(names, val_cases=1)[1]
+    assert info["source"] == "run config (recomputed)"
 
 
 def test_evaluate_on_real_patients_writes_every_file(real_data_dir, tmp_path):
@@ -174,7 +192,7 @@ def test_evaluate_on_real_patients_writes_every_file(real_data_dir, tmp_path):
     run = make_untrained_run(tmp_path / "run", real_data_dir)
     summary = evaluate_model(run, progress=False)  # data from the run's config, out = RUN_DIR/eval
     names = [f.patient for f in scan_folder(real_data_dir)]
-    check_outputs(run / "eval", split_patients(names, val_cases=1)[1])
+    check_outputs(run / "eval", json.loads((run / "config.json").read_text())["split"]["validation"])
     assert summary["model"]["kind"] == "keras" and summary["data"]["path"] == str(Path(real_data_dir))
 
 

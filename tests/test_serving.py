@@ -13,14 +13,14 @@ from tfseg import export
 from tfseg.data import preprocess_graph
 from tfseg.data.kaggle import read_patient, scan_folder
 from tfseg.data.preprocess import preprocess_volume
-from tfseg.evaluation import evaluate_patient
+from tfseg.evaluation import EvalOptions, evaluate_patient
 from tfseg.metrics import largest_connected_component, volume_dsc
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
-def flair_threshold_model(image_size: int = SIZE):
+def flair_threshold_model(image_size: int = SIZE, context: int = 1):
     """A stand-in network with decisive, image-dependent output: sigmoid(4·(mean 3×3 FLAIR − 1)).
 
     An untrained U-Net predicts ~0.5 everywhere, where any float difference flips voxels; this one has a
@@ -28,11 +28,13 @@ def flair_threshold_model(image_size: int = SIZE):
     """
     import keras
 
-    inputs = keras.Input((image_size, image_size, 3))
+    inputs = keras.Input((image_size, image_size, 3 * context))
     conv = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="flair")
     outputs = conv(inputs)
-    kernel = np.zeros((3, 3, 3, 1), np.float32)
-    kernel[:, :, 1, 0] = 4.0 / 9.0  # FLAIR channel, averaged over 3×3
+    kernel = np.zeros((3, 3, 3 * context, 1), np.float32)
+    # FLAIR channel of every slice of the (2.5-D) stack, averaged over 3×3 and over the stack, so the
+    # neighbours change the answer and a wrong stack in serving would show.
+    kernel[:, :, 1::3, 0] = 4.0 / 9.0 / context
     conv.set_weights([kernel, np.array([-4.0], np.float32)])
     return keras.Model(inputs, outputs)
 
@@ -53,7 +55,8 @@ def run_fresh(code: str) -> str:
     return result.stdout
 
 
-def served_masks_match_evaluate(model, folder: Path, data: str, tmp_path: Path, patients: int | None = None):
+def served_masks_match_evaluate(model, folder: Path, data: str, tmp_path: Path, patients: int | None = None,
+                                context: int = 1):
     volumes = [read_patient(f) for f in scan_folder(data)][:patients]
     for i, volume in enumerate(volumes):
         np.save(tmp_path / f"slices{i}.npy", volume.image)
@@ -72,7 +75,7 @@ def served_masks_match_evaluate(model, folder: Path, data: str, tmp_path: Path, 
         served_mask = np.load(tmp_path / f"mask{i}.npy")
         assert served_mask.dtype == np.uint8 and served_mask.shape == volume.mask.shape
         assert set(np.unique(served_mask)) <= {0, 255}
-        expected = evaluate_patient(volume, model.predict_on_batch, SIZE).prediction
+        expected = evaluate_patient(volume, model.predict_on_batch, SIZE, EvalOptions(context=context)).prediction
         differing = int(np.count_nonzero((served_mask > 0) != expected))
         # Same float32 network input and float64 inverse resize: identical in practice; allow a handful of
         # voxels whose probability sits within float rounding of 0.5.
@@ -88,6 +91,23 @@ def test_segment_volume_in_a_fresh_process_matches_evaluate_on_the_phantom(serve
 
 def test_segment_volume_in_a_fresh_process_matches_evaluate_on_a_real_patient(served, real_data_dir, tmp_path):
     served_masks_match_evaluate(*served, real_data_dir, tmp_path, patients=1)
+
+
+@pytest.fixture(scope="module")
+def served_context(tmp_path_factory):
+    """A 2.5-D (--context 3) stand-in and its SavedModel folder."""
+    model = flair_threshold_model(context=3)
+    return model, export.export_saved_model(model, tmp_path_factory.mktemp("serving3") / "export")
+
+
+def test_segment_volume_of_a_context_model_builds_the_neighbour_stacks_like_evaluate_on_the_phantom(
+        served_context, phantom_dir, tmp_path):
+    served_masks_match_evaluate(*served_context, phantom_dir, tmp_path, context=3)
+
+
+def test_segment_volume_of_a_context_model_matches_evaluate_on_a_real_patient(served_context, real_data_dir,
+                                                                              tmp_path):
+    served_masks_match_evaluate(*served_context, real_data_dir, tmp_path, patients=1, context=3)
 
 
 @pytest.mark.parametrize("slices, message", [

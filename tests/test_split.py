@@ -78,3 +78,13 @@ def test_fold_out_of_range_is_an_error():
         split_patients(NAMES, fold=5, folds=5)
     with pytest.raises(ValueError, match="--folds must be between 2"):
         split_patients(NAMES, fold=0, folds=1)
+
+
+def test_a_full_set_whose_default_split_is_not_the_protocols_is_an_error():
+    # 110 kaggle_3m-like names that are not kaggle_3m's: the default split can't be PROTOCOL.md's 10 patients.
+    fake = [f"TCGA_XX_{i:04d}_20000101" for i in range(110)]
+    with pytest.raises(ValueError, match="not PROTOCOL.md's"):
+        split_patients(fake, 10)
+    # Other splits of the same names are not the protocol's and are allowed.
+    assert len(split_patients(fake, 12)[1]) == 12
+    assert len(split_patients(fake, fold=0, folds=5)[1]) == 22

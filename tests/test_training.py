@@ -170,6 +170,8 @@ def test_non_finite_loss_stops_with_a_clear_message(packed_phantom, tmp_path, mo
     with pytest.raises(loop.TrainingError, match="became nan.*last good checkpoint"):
         loop.train(TrainConfig(data=str(packed_phantom), logdir=str(tmp_path / "nan"), **SMALL))
     assert not (tmp_path / "nan" / "checkpoints").exists()
+    # A NaN network predicts nothing, which scores above the initial best: it must not become best.keras.
+    assert not (tmp_path / "nan" / "best.keras").exists()
 
 
 def test_missing_data_folder_prints_the_kaggle_download_steps(tmp_path, capsys):
@@ -182,8 +184,11 @@ def test_missing_data_folder_prints_the_kaggle_download_steps(tmp_path, capsys):
 
 
 def test_preset_sets_protocol_values_and_explicit_flags_win():
+    config, _, _ = config_from_args(["--preset", "cpu-128"])
+    # PROTOCOL.md cpu-128: 12 epochs of batch 16 at 128 px, no wall-clock limit.
+    assert (config.image_size, config.batch_size, config.epochs, config.time_budget_minutes) == (128, 16, 12, None)
+    assert config.schedule == "cosine"
     config, resume, overrides = config_from_args(["--preset", "cpu-128", "--epochs", "3"])
-    assert (config.image_size, config.batch_size, config.time_budget_minutes) == (128, 16, 60.0)
     assert config.epochs == 3 and overrides == {"epochs": 3} and resume is None
     reference, _, _ = config_from_args(["--preset", "reference"])
     assert (reference.image_size, reference.epochs, reference.batch_size, reference.lr) == (256, 100, 16, 1e-4)
@@ -217,3 +222,149 @@ def test_deep_supervision_trains_all_outputs_and_keeps_only_the_main_one_for_inf
     assert history["loss"] > 1.2 * main_loss
     model = keras.models.load_model(run_dir / "best.keras", compile=False)
     assert len(model.outputs) == 1 and model.outputs[0].shape[1:] == (64, 64, 1)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--context", "2"], "--context must be an odd number"),
+    (["--ema", "1.5"], "--ema is a decay between 0 and 1"),
+    (["--warmup-epochs", "200", "--epochs", "10"], "--warmup-epochs must be"),
+])
+def test_bad_campaign_flags_are_rejected_naming_the_flag(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(flags)
+    assert message in capsys.readouterr().err
+
+
+def test_cpu128_preset_on_real_patients_ends_at_the_cosine_floor_and_records_the_machine(real_data_dir, tmp_path):
+    from tfseg.training.loop import train
+    from tfseg.training.schedules import FLOOR
+
+    config, _, _ = config_from_args(["--preset", "cpu-128", "--epochs", "2", "--base-filters", "4", "--val-cases", "1",
+                                     "--precision", "float32", "--data", real_data_dir,
+                                     "--tfrecords", str(tmp_path / "tfr"), "--logdir", str(tmp_path / "run")])
+    metrics = train(config, export=False)
+    history = json.loads((tmp_path / "run" / "state.json").read_text())["history"]
+    assert metrics["epochs"] == metrics["planned_epochs"] == 2 and not metrics["stopped_by_time_budget"]
+    assert history[-1]["learning_rate"] == pytest.approx(FLOOR * config.lr, rel=1e-4)
+    steps = metrics["images_seen"] // 2 // 16
+    assert [h["images_seen"] for h in history] == [steps * 16, 2 * steps * 16]
+    assert 0 < history[0]["train_seconds"] < history[1]["train_seconds"] == pytest.approx(metrics["train_seconds"])
+    assert {"cpu", "cpu_bf16", "precision", "images_seen", "train_seconds"} <= set(metrics)
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert written["machine"]["cpu_bf16"] in (True, False) and written["precision_policy"] == "float32"
+    assert len(written["split"]["validation"]) == 1 and len(written["split"]["training"]) == 2
+    assert not set(written["split"]["validation"]) & set(written["split"]["training"])
+    import pandas as pd
+
+    assert {"train_seconds", "images_seen"} <= set(pd.read_csv(tmp_path / "run" / "history.csv").columns)
+
+
+def test_time_budget_plans_whole_epochs_ends_the_schedule_and_resume_trains_no_extra_epoch(packed_phantom, tmp_path):
+    from tfseg.training.loop import train
+
+    run_dir = tmp_path / "budget"
+    config = TrainConfig(data=str(packed_phantom), logdir=str(run_dir), schedule="cosine", lr=1e-3,
+                         time_budget_minutes=1e-4, **{**SMALL, "epochs": 4})
+    metrics = train(config, export=False)
+    state = json.loads((run_dir / "state.json").read_text())
+    # One epoch takes longer than the budget: the plan is 1 epoch, and the cosine was re-planned to end in it.
+    assert state["planned_epochs"] == 1 and state["stopped_by_time_budget"] is True
+    assert metrics["epochs"] == 1 and metrics["stopped_by_time_budget"]
+    train(TrainConfig(), resume=str(run_dir), export=False)
+    assert json.loads((run_dir / "state.json").read_text())["epoch"] == 1
+
+
+def test_time_budget_replans_the_schedule_over_the_epochs_that_fit_after_timing_the_first():
+    from tfseg.training.callbacks import TimeBudget
+    from tfseg.training.schedules import FLOOR, PlannedSchedule
+
+    now = [0.0]
+    schedule = PlannedSchedule(1e-3, total_steps=10 * 50, kind="cosine")
+    state = {}
+    budget = TimeBudget(25 / 60, lambda: now[0], state, schedule, steps_per_epoch=50)
+    model = keras.Sequential([keras.Input((1,))])
+    model.stop_training = False
+    budget.set_model(model)
+    budget.set_params({"epochs": 10})
+    for epoch in range(3):
+        budget.on_epoch_begin(epoch)
+        now[0] += 10.0  # every epoch takes 10 s of a 25 s budget: 2 fit
+        budget.on_epoch_end(epoch)
+        if budget.model.stop_training:
+            break
+    assert state["planned_epochs"] == 2 and epoch == 1 and budget.stopped
+    assert schedule.total_steps == 100
+    assert float(schedule(99)) == pytest.approx(FLOOR * 1e-3, rel=1e-5)
+
+
+def test_ema_validates_with_the_average_and_checkpoints_the_raw_weights(packed_phantom, tmp_path):
+    from tfseg.training.loop import train
+
+    run_dir = tmp_path / "ema"
+    train(TrainConfig(data=str(packed_phantom), logdir=str(run_dir), ema=0.9, lr=1e-2, **SMALL), export=False)
+    import tensorflow as tf
+
+    best = keras.models.load_model(run_dir / "best.keras", compile=False)
+    reader = tf.train.load_checkpoint(str(run_dir / "checkpoints" / "epoch-1"))
+    names = reader.get_variable_to_shape_map()
+    kernel = best.trainable_weights[0].numpy()  # the first convolution's kernel
+    # The checkpoint holds the network's raw weights (as the optimizer's tracked variables) and the
+    # optimizer's slots: its moving averages among them.
+    raw = [reader.get_tensor(n) for n in names if "_trainable_variables/" in n and names[n] == list(kernel.shape)]
+    slots = [reader.get_tensor(n) for n in names if "optimizer/_variables/" in n and names[n] == list(kernel.shape)]
+    assert raw and not any(np.allclose(kernel, r) for r in raw), "best.keras holds the raw weights, not the EMA"
+    assert any(np.array_equal(kernel, a) for a in slots), "best.keras is not the optimizer's average"
+
+
+def test_ema_swap_restores_the_raw_weights_exactly():
+    from tfseg.training.callbacks import EmaSwap
+
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5)
+    optimizer.build(net.trainable_variables)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # (not fit(): it ends by overwriting the weights with the average)
+        optimizer.apply([rng.normal(size=w.shape).astype("float32") for w in net.trainable_weights],
+                        net.trainable_variables)
+    raw = [w.numpy().copy() for w in net.trainable_weights]
+    swap = EmaSwap(net, optimizer)
+    swap.swap_in()
+    averages = [a.numpy() for a in optimizer._model_variables_moving_average]
+    for weight, average, r in zip(net.trainable_weights, averages, raw):
+        np.testing.assert_array_equal(weight.numpy(), average)
+        assert not np.array_equal(average, r)
+    swap.swap_out()
+    for weight, r in zip(net.trainable_weights, raw):
+        np.testing.assert_array_equal(weight.numpy(), r)
+
+
+@pytest.mark.parametrize("data", ["phantom", "real"])
+def test_context_run_trains_validates_and_exports_a_nine_channel_model(data, packed_phantom, request, tmp_path):
+    from tfseg.training.loop import train
+
+    source = str(packed_phantom) if data == "phantom" else request.getfixturevalue("real_data_dir")
+    run_dir = tmp_path / "ctx"
+    train(TrainConfig(data=source, tfrecords=str(tmp_path / "tfr"), logdir=str(run_dir), context=3, **SMALL))
+    model = keras.models.load_model(run_dir / "best.keras", compile=False)
+    assert model.inputs[0].shape[1:] == (64, 64, 9)
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(run_dir / "export"))
+    assert {"serving_default", "segment_volume"} <= set(served.signatures)
+
+
+def test_mixed_float16_checkpoints_hold_the_loss_scale_so_resume_is_exact():
+    import tensorflow as tf
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    optimizer = net.optimizer
+    optimizer.build(net.trainable_variables)
+    optimizer.dynamic_scale.assign(1234.0)
+    optimizer.step_counter.assign(7)
+    path = tf.train.Checkpoint(optimizer=optimizer).write(str(Path(__import__("tempfile").mkdtemp()) / "ck"))
+    optimizer.dynamic_scale.assign(1.0)
+    optimizer.step_counter.assign(0)
+    tf.train.Checkpoint(optimizer=optimizer).read(path).assert_existing_objects_matched()
+    assert float(optimizer.dynamic_scale.numpy()) == 1234.0 and int(optimizer.step_counter.numpy()) == 7

@@ -34,7 +34,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -43,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tfseg
+from tfseg.data.context import stack_context
 from tfseg.data.kaggle import DataError, PatientFiles, PatientVolume, read_patient, scan_folder, select_patients
 from tfseg.data.preprocess import invert_volume, preprocess_volume
 from tfseg.data.records import MANIFEST, sha256_file, write_json_atomic
@@ -71,6 +72,7 @@ class EvalOptions:
     lcc: bool = True
     tta: bool = False
     batch_size: int = 16
+    context: int = 1  # 2.5-D models (--context K): set from the model's input channels (3·K)
 
 
 @dataclass
@@ -88,9 +90,11 @@ class LoadedModel:
     sha256: str
     run_dir: Path | None = None
     run_config: dict | None = None
+    context: int = 1
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "sha256": self.sha256, "image_size": self.image_size,
+                "context": self.context,
                 "run_dir": None if self.run_dir is None else str(self.run_dir)}
 
 
@@ -162,8 +166,9 @@ def _read_run_config(run_dir: Path | None) -> dict | None:
 
 def _image_size(shape, what: Path, run_config: dict | None, image_size: int | None) -> int:
     """N from a model input shape (B, N, N, 3); the run's or the caller's size when the model leaves it open."""
-    if len(shape) != 4 or shape[-1] != 3 or shape[1] != shape[2]:
-        raise ModelLoadError(f"{what}: the model takes input of shape {tuple(shape)}, expected (batch, N, N, 3)")
+    if len(shape) != 4 or not shape[-1] or shape[-1] % 3 or shape[1] != shape[2]:
+        raise ModelLoadError(f"{what}: the model takes input of shape {tuple(shape)}, expected (batch, N, N, 3·K) "
+                             "(K = 1, or the --context of a 2.5-D model)")
     if shape[1] is not None:
         return int(shape[1])
     if image_size is None and run_config is not None:
@@ -192,7 +197,8 @@ def _load_keras(path: Path, run_dir: Path | None, image_size: int | None) -> Loa
         out = model.predict_on_batch(batch)
         return out[0] if isinstance(out, (list, tuple)) else out
 
-    return LoadedModel(path, "keras", predict, size, sha256_file(path), run_dir, run_config)
+    return LoadedModel(path, "keras", predict, size, sha256_file(path), run_dir, run_config,
+                       context=int(model.inputs[0].shape[-1]) // 3)
 
 
 def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) -> LoadedModel:
@@ -222,7 +228,8 @@ def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) 
         return signature(**{input_name: tf.constant(batch, tf.float32)})[output_name].numpy()
 
     predict.loaded = loaded
-    return LoadedModel(path, "saved_model", predict, size, saved_model_sha256(path), run_dir, run_config)
+    return LoadedModel(path, "saved_model", predict, size, saved_model_sha256(path), run_dir, run_config,
+                       context=int(spec.shape[-1]) // 3)
 
 
 def saved_model_sha256(folder: Path) -> str:
@@ -259,10 +266,9 @@ def choose_patients(scanned: list[PatientFiles], patients: list[str] | None,
     """The patients to evaluate and how they were chosen.
 
     ``patients``: ["all"], explicit names, or None for the validation patients of the
-    run's split (tfseg.data.split.split_patients over the patients present, with the
-    run's val_cases / fold / folds, exactly as train() calls it).
+    run's split: the ``split.validation`` names train() wrote into config.json (runs from
+    before that field existed: split_patients recomputed with the run's val_cases / fold / folds).
     """
-    names = [f.patient for f in scanned]
     if patients == ["all"]:
         return scanned, {"source": "--patients all"}
     if patients:
@@ -270,14 +276,22 @@ def choose_patients(scanned: list[PatientFiles], patients: list[str] | None,
     if run_config is None:
         raise DataError("the model is not inside a training run (no config.json beside it), so its validation "
                         "split is unknown: pass --patients all or --patients NAME...")
+    recorded = (run_config.get("split") or {}).get("validation")
+    if recorded:
+        try:
+            return select_patients(scanned, list(recorded)), {"source": "run config split",
+                                                               "validation": list(recorded)}
+        except DataError as err:
+            raise DataError(f"the run's validation patients are not all in the data folder ({err}); pass the "
+                            "kaggle_3m folder the run was trained on with --data") from err
     config = run_config.get("config", {})
     split = {k: config.get(k) for k in ("val_cases", "fold", "folds")}
+    names = [f.patient for f in scanned]
     try:
-        # train() does not pass its seed: the split seed is split.VAL_SEED whatever --seed was.
         _, validation = split_patients(names, split["val_cases"] or 10, split["fold"], split["folds"])
     except ValueError as err:
         raise DataError(f"cannot reproduce the run's split over the {len(names)} patients found: {err}") from err
-    return select_patients(scanned, validation), {"source": "run config", **split}
+    return select_patients(scanned, validation), {"source": "run config (recomputed)", **split}
 
 
 def data_fingerprint(files: list[PatientFiles], root: Path) -> dict:
@@ -293,11 +307,15 @@ def data_fingerprint(files: list[PatientFiles], root: Path) -> dict:
 # Prediction and scores
 # ----------------------------------------------------------------------------
 
-def predict_volume(predict: PredictFn, image: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
+def predict_volume(predict: PredictFn, image: np.ndarray, batch_size: int = 16, tta: bool = False,
+                   context: int = 1) -> np.ndarray:
     """Probabilities of every slice: image (S', N, N, 3) float32 -> (S', N, N) float32.
 
     With ``tta`` each batch is also predicted flipped left-right, flipped back and averaged.
+    With ``context`` K > 1 the model sees each slice's 2.5-D stack (tfseg.data.context).
     """
+    if context > 1:
+        image = stack_context(np.asarray(image, np.float32), context).numpy()
     out = []
     for start in range(0, len(image), batch_size):
         batch = np.ascontiguousarray(image[start:start + batch_size], np.float32)
@@ -326,7 +344,7 @@ def evaluate_patient(volume: PatientVolume, predict: PredictFn, image_size: int,
         image, mask, geometry = preprocess_volume(volume.image, volume.mask, image_size)
     except ValueError as err:
         raise DataError(f"patient {volume.patient}: {err}") from err
-    probabilities = predict_volume(predict, image, options.batch_size, options.tta)
+    probabilities = predict_volume(predict, image, options.batch_size, options.tta, options.context)
     prediction = postprocess_volume(probabilities, options.threshold, options.lcc)
     in_plane = geometry.side / image_size  # one preprocessed pixel in native pixels
     pre = volume_scores(prediction, mask > 0, voxelspacing=(1.0, in_plane, in_plane))
@@ -425,6 +443,7 @@ def evaluate_model(model: str | Path, data: str | Path | None = None, out: str |
     ``out`` to RUN_DIR/eval; ``patients`` to the validation patients of the run's split.
     """
     loaded = load_model(model)
+    options = replace(options, context=loaded.context)
     if out is None:
         if loaded.run_dir is None:
             raise DataError(f"{model} is not inside a training run: pass --out DIR")

@@ -31,6 +31,7 @@ import tensorflow as tf
 import tfseg.losses  # noqa: F401  (registers custom objects for load_model)
 import tfseg.metrics  # noqa: F401
 import tfseg.models  # noqa: F401
+from tfseg.data.context import stack_context
 from tfseg.data.kaggle import SLICE_SHAPE
 from tfseg.data.preprocess_graph import check_slices, invert_graph, largest_component_3d, preprocess_graph
 
@@ -54,8 +55,8 @@ def export_saved_model(model: keras.Model, out_dir: str | os.PathLike, slice_bat
         return {"probabilities": _probabilities(model, image)}
 
     archive.add_endpoint("serving_default", serve, input_signature=[spec])
-    if height is not None and height == width and channels == 3:
-        segment = make_segment_volume(model, int(height), slice_batch)
+    if height is not None and height == width and channels and channels % 3 == 0:
+        segment = make_segment_volume(model, int(height), slice_batch, context=int(channels) // 3)
         archive.add_endpoint("segment_volume", segment,
                              input_signature=[tf.TensorSpec(None, tf.uint8, name="slices")])
     else:
@@ -80,12 +81,16 @@ def _probabilities(model: keras.Model, image):
 # segment_volume: PROTOCOL.md in the graph.
 # ----------------------------------------------------------------------------
 
-def make_segment_volume(model: keras.Model, image_size: int, slice_batch: int = SLICE_BATCH):
-    """The ``segment_volume`` function: uint8 (S, 256, 256, 3) -> {"mask": uint8 (S, 256, 256) 0/255}."""
+def make_segment_volume(model: keras.Model, image_size: int, slice_batch: int = SLICE_BATCH, context: int = 1):
+    """The ``segment_volume`` function: uint8 (S, 256, 256, 3) -> {"mask": uint8 (S, 256, 256) 0/255}.
+
+    A 2.5-D model (input 3·``context`` channels) gets each slice's neighbour stack, built in the graph.
+    """
 
     def segment_volume(slices):
         slices = check_slices(slices)
         image, geometry = preprocess_graph(slices, image_size)
+        image = stack_context(image, context)
         probabilities = predict_in_batches(model, image, slice_batch)
         native = invert_graph(probabilities, geometry, tf.shape(slices)[0])
         mask = largest_component_3d(native > 0.5)
@@ -95,11 +100,11 @@ def make_segment_volume(model: keras.Model, image_size: int, slice_batch: int = 
 
 
 def predict_in_batches(model: keras.Model, image, slice_batch: int):
-    """(S', N, N, 3) float32 -> (S', N, N) float32 probabilities, ``slice_batch`` slices per forward pass."""
+    """(S', N, N, C) float32 -> (S', N, N) float32 probabilities, ``slice_batch`` slices per forward pass."""
     count = tf.shape(image)[0]
-    size = image.shape[1]
+    size, channels = image.shape[1], model.inputs[0].shape[-1]
     padded = tf.pad(image, [[0, (-count) % slice_batch], [0, 0], [0, 0], [0, 0]])
-    chunks = tf.reshape(padded, [-1, slice_batch, size, size, 3])
+    chunks = tf.reshape(padded, [-1, slice_batch, size, size, channels])
     probabilities = tf.map_fn(lambda chunk: _probabilities(model, chunk)[..., 0], chunks, parallel_iterations=1,
                               fn_output_signature=tf.TensorSpec([slice_batch, size, size], tf.float32))
     return tf.reshape(probabilities, [-1, size, size])[:count]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from tfseg.data.context import gather_stacks, neighbour_rows
 from tfseg.data.preprocess import Geometry
 from tfseg.data.records import parse_example, read_manifest, verified_shards
 
@@ -109,11 +110,19 @@ def _host_variable(array: np.ndarray) -> tf.Variable:
         return tf.Variable(array, trainable=False)
 
 
+def _image_gather(images: tf.Variable, table: SliceTable, context: int):
+    """rows (B,) -> (B, H, W, 3·context) float32: the slices, or their 2.5-D stacks (tfseg.data.context)."""
+    if context == 1:
+        return lambda rows: tf.cast(tf.gather(images, rows), tf.float32)
+    neighbours = tf.constant(neighbour_rows(table.patients, context))
+    return lambda rows: tf.cast(gather_stacks(images, tf.gather(neighbours, rows)), tf.float32)
+
+
 def training_dataset(table: SliceTable, batch_size: int, seed: int = 0, start_epoch: int = 0,
-                     epochs: int | None = None) -> tuple[tf.data.Dataset, int]:
+                     epochs: int | None = None, context: int = 1) -> tuple[tf.data.Dataset, int]:
     """Infinite (or ``epochs``-long) training stream and its steps per epoch.
 
-    Elements: (image (B, H, W, 3) float32, mask (B, H, W, 1) float32). An epoch
+    Elements: (image (B, H, W, 3·context) float32, mask (B, H, W, 1) float32). An epoch
     holds ``len(table) // batch_size`` batches (epoch length = training slices),
     drawn with :func:`sampling_probabilities`; epoch ``e`` uses the stateless seed
     ``(seed, e)``, so the stream starting at ``start_epoch`` continues a run exactly.
@@ -123,13 +132,14 @@ def training_dataset(table: SliceTable, batch_size: int, seed: int = 0, start_ep
     steps = len(table) // batch_size
     logits = tf.constant(np.log(sampling_probabilities(table))[None, :], tf.float32)
     images, masks = _host_variable(table.images), _host_variable(table.masks)
+    read_images = _image_gather(images, table, context)
 
     def epoch_indices(epoch):
         draw = tf.random.stateless_categorical(logits, steps * batch_size, seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
         return tf.data.Dataset.from_tensor_slices(tf.reshape(draw, (steps, batch_size)))
 
     def gather(rows):
-        image = tf.cast(tf.gather(images, rows), tf.float32)
+        image = read_images(rows)
         mask = tf.cast(tf.gather(masks, rows), tf.float32)[..., None]
         return image, mask
 
@@ -141,17 +151,19 @@ def training_dataset(table: SliceTable, batch_size: int, seed: int = 0, start_ep
     return ds, steps
 
 
-def validation_dataset(table: SliceTable, batch_size: int, with_patient: bool = False) -> tf.data.Dataset:
+def validation_dataset(table: SliceTable, batch_size: int, with_patient: bool = False,
+                       context: int = 1) -> tf.data.Dataset:
     """Every slice once, in table (patient, slice) order.
 
-    Elements: (image (B, H, W, 3) float32, mask (B, H, W, 1) float32), plus the
+    Elements: (image (B, H, W, 3·context) float32, mask (B, H, W, 1) float32), plus the
     patient ids (B,) string when ``with_patient``.
     """
     images, masks = _host_variable(table.images), _host_variable(table.masks)
+    read_images = _image_gather(images, table, context)
 
     def gather(start):
         rows = tf.range(start, tf.minimum(start + batch_size, len(table)))
-        out = (tf.cast(tf.gather(images, rows), tf.float32), tf.cast(tf.gather(masks, rows), tf.float32)[..., None])
+        out = (read_images(rows), tf.cast(tf.gather(masks, rows), tf.float32)[..., None])
         return out + (tf.gather(patients, rows),) if with_patient else out
 
     patients = tf.constant(table.patients.astype(str))

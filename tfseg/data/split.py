@@ -5,6 +5,12 @@ import random
 
 VAL_SEED = 42
 DEFAULT_VAL_CASES = 10
+KAGGLE_3M_PATIENTS = 110
+# PROTOCOL.md's validation patients: what the reference rule gives on the full kaggle_3m set.
+PROTOCOL_VALIDATION = frozenset({
+    "TCGA_HT_7616_19940813", "TCGA_CS_6668_20011025", "TCGA_CS_4944_20010208", "TCGA_HT_7879_19981009",
+    "TCGA_DU_7014_19860618", "TCGA_DU_6408_19860521", "TCGA_DU_6404_19850629", "TCGA_DU_5851_19950428",
+    "TCGA_CS_6667_20011105", "TCGA_HT_7692_19960724"})
 
 
 def split_patients(patients, val_cases: int = DEFAULT_VAL_CASES, fold: int | None = None,
@@ -26,7 +32,18 @@ def split_patients(patients, val_cases: int = DEFAULT_VAL_CASES, fold: int | Non
                          f"at least one must remain for training; use a smaller --val-cases "
                          f"(at most {max(len(names) - 1, 0)})")
     val = random.Random(seed).sample(names, k=val_cases)  # same draw as random.seed(seed); random.sample
+    _check_protocol_split(names, val, val_cases, seed)
     return [n for n in names if n not in val], sorted(val)
+
+
+def _check_protocol_split(names: list[str], val: list[str], val_cases: int, seed: int) -> None:
+    """On the full kaggle_3m set the default split must be PROTOCOL.md's 10 patients, or no figure compares."""
+    full_set = len(names) == KAGGLE_3M_PATIENTS and all(n.startswith("TCGA_") for n in names)
+    if full_set and val_cases == DEFAULT_VAL_CASES and seed == VAL_SEED and set(val) != PROTOCOL_VALIDATION:
+        raise ValueError(
+            f"the validation split of these {len(names)} patients is not PROTOCOL.md's: got {sorted(val)}, "
+            f"expected {sorted(PROTOCOL_VALIDATION)}. The patient folder names differ from kaggle_3m's; "
+            "restore the data set unchanged (python ../shared/lgg/restore.py or the Kaggle download).")
 
 
 def _kfold(names: list[str], fold: int, folds: int, seed: int) -> tuple[list[str], list[str]]:

@@ -31,10 +31,10 @@ class VolumeValidation(keras.callbacks.Callback):
     and ``self.last_probabilities`` for the image callbacks.
     """
 
-    def __init__(self, net: keras.Model, table: SliceTable, loss_fn, batch_size: int):
+    def __init__(self, net: keras.Model, table: SliceTable, loss_fn, batch_size: int, context: int = 1):
         super().__init__()
         self.net, self.table, self.loss_fn, self.batch_size = net, table, loss_fn, batch_size
-        self.dataset = validation_dataset(table, batch_size)
+        self.dataset = validation_dataset(table, batch_size, context=context)
         self.last_dsc: dict[str, float] = {}
         self.last_probabilities: np.ndarray | None = None
         self.seconds = 0.0
@@ -121,6 +121,10 @@ class BestModel(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = logs["val_volume_dsc"]
+        # A NaN network predicts nothing, which still scores above the initial -1 (and 1.0 on
+        # tumour-free patients): never let non-finite weights or loss become the best model.
+        if not (math.isfinite(value) and math.isfinite(float(logs.get("loss", 0.0))) and weights_are_finite(self.net)):
+            return
         if value > self.best:
             self.best, self.best_epoch = value, epoch + 1
             self.best_median = logs["val_volume_dsc_median"]
@@ -128,6 +132,10 @@ class BestModel(keras.callbacks.Callback):
             tmp = self.path.with_name(f".{self.path.stem}-tmp.keras")
             self.net.save(tmp)
             os.replace(tmp, self.path)
+
+
+def weights_are_finite(net: keras.Model) -> bool:
+    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in net.weights)
 
 
 class ResumeState(keras.callbacks.Callback):
@@ -140,9 +148,11 @@ class ResumeState(keras.callbacks.Callback):
     keeps its last good checkpoint.
     """
 
-    def __init__(self, run_dir: Path, checkpoint: tf.train.Checkpoint, state: dict, best: BestModel, clock):
+    def __init__(self, run_dir: Path, checkpoint: tf.train.Checkpoint, state: dict, best: BestModel, clock,
+                 images_per_epoch: int):
         super().__init__()
         self.run_dir, self.checkpoint, self.state, self.best, self.clock = run_dir, checkpoint, state, best, clock
+        self.images_per_epoch = images_per_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not all(math.isfinite(float(v)) for v in logs.values()):
@@ -154,7 +164,10 @@ class ResumeState(keras.callbacks.Callback):
                           best_val_volume_dsc_median=self.best.best_median,
                           best_per_patient=self.best.best_per_patient,
                           train_seconds=self.clock())
-        self.state.setdefault("history", []).append({k: float(v) for k, v in logs.items()})
+        # Cumulative training time and images at this epoch: the report's time-to-accuracy curves.
+        record = {k: float(v) for k, v in logs.items()}
+        record.update(train_seconds=self.state["train_seconds"], images_seen=(epoch + 1) * self.images_per_epoch)
+        self.state.setdefault("history", []).append(record)
         write_json_atomic(self.run_dir / "state.json", self.state)
         if previous:
             for path in (self.run_dir / "checkpoints").glob(Path(previous).name + ".*"):
@@ -179,14 +192,26 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop after the last epoch that fits ``minutes`` of training wall time (PROTOCOL.md budgets)."""
+    """Plan the run's epochs to fit ``minutes`` of training wall time, never stopping mid-schedule.
 
-    def __init__(self, minutes: float | None, clock):
+    The first epoch of a run is timed (training and validation); the number of whole
+    epochs that fit (at most the configured ``epochs``) is then written to
+    ``state["planned_epochs"]`` and the learning-rate ``schedule`` (a
+    :class:`~tfseg.training.schedules.PlannedSchedule`, or None) is re-planned over
+    them, so a cosine still reaches its floor at the last step. The run stops after
+    the planned epoch; ``state["stopped_by_time_budget"]`` records it, so a resumed
+    run does not train an extra epoch.
+    """
+
+    def __init__(self, minutes: float | None, clock, state: dict, schedule=None, steps_per_epoch: int = 1):
         super().__init__()
         self.limit = None if minutes is None else minutes * 60.0
-        self.clock = clock
+        self.clock, self.state, self.schedule, self.steps_per_epoch = clock, state, schedule, steps_per_epoch
         self.epoch_started = 0.0
-        self.stopped = False
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.state.get("stopped_by_time_budget", False))
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = self.clock()
@@ -194,11 +219,49 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.limit is None:
             return
-        now = self.clock()
-        if now + (now - self.epoch_started) > self.limit:
-            print(f"\ntime budget: {now / 60:.1f} of {self.limit / 60:.0f} minutes used; another epoch would not fit")
-            self.stopped = True
+        from tfseg.training.schedules import epochs_that_fit
+
+        if "planned_epochs" not in self.state:
+            seconds = self.clock() - self.epoch_started
+            planned = epochs_that_fit(self.limit, seconds, self.params.get("epochs") or epoch + 1)
+            self.state["planned_epochs"] = planned
+            if self.schedule is not None:
+                self.schedule.replan(planned * self.steps_per_epoch)
+            print(f"\ntime budget: one epoch took {seconds / 60:.1f} min; planned {planned} epochs in "
+                  f"{self.limit / 60:.1f} minutes, learning-rate schedule re-planned to end there")
+        if epoch + 1 >= self.state["planned_epochs"]:
+            self.state["stopped_by_time_budget"] = epoch + 1 < (self.params.get("epochs") or 0)
             self.model.stop_training = True
+
+
+class EmaSwap:
+    """Evaluate with the optimizer's moving average of the weights (``--ema``), train with the raw ones.
+
+    ``swap_in`` (before validation) stores the raw trainable weights and loads the
+    average; ``swap_out`` (after best.keras is saved, before the checkpoint) puts the
+    raw weights back, so checkpoints and resume hold the raw weights and the
+    optimizer holds the average.
+    """
+
+    def __init__(self, net: keras.Model, optimizer):
+        self.net, self.optimizer = net, optimizer
+        self.raw: list | None = None
+
+    def swap_in(self):
+        self.raw = [keras.ops.convert_to_numpy(v) for v in self.net.trainable_variables]
+        for variable, average in zip(self.net.trainable_variables, self.optimizer._model_variables_moving_average):
+            variable.assign(average)
+
+    def swap_out(self):
+        if self.raw is not None:
+            for variable, value in zip(self.net.trainable_variables, self.raw):
+                variable.assign(value)
+            self.raw = None
+
+    def callbacks(self) -> tuple[keras.callbacks.Callback, keras.callbacks.Callback]:
+        """(swap-in callback: put first in the list, swap-out callback: put after BestModel)."""
+        return (keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.swap_in()),
+                keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.swap_out()))
 
 
 def save_history_csv(path: Path, history: list[dict]) -> None:

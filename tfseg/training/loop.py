@@ -26,7 +26,9 @@ from tfseg.metrics import DiceCoefficient
 from tfseg.models import build_model, deep_supervision_weights, inference_model
 from tfseg.training import callbacks as cb
 from tfseg.training.config import TrainConfig
-from tfseg.training.runtime import choose_strategy, describe, machine_info, set_precision
+from tfseg.training.runtime import (choose_strategy, code_version, cpu_has_bf16, cpu_model, describe, machine_info,
+                                    set_precision)
+from tfseg.training.schedules import PlannedSchedule
 
 
 class TrainingError(RuntimeError):
@@ -78,13 +80,20 @@ def resolve_tfrecords(config: TrainConfig) -> Path:
     return out
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr = config.lr
-    if config.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.epochs * steps_per_epoch, alpha=0.01)
+def make_schedule(config: TrainConfig, steps_per_epoch: int, epochs: int) -> PlannedSchedule | None:
+    """The run's learning-rate schedule planned over ``epochs`` (None: a plain float, e.g. for plateau)."""
+    warmup = None if config.warmup_epochs is None else round(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "plateau" or (config.schedule == "constant" and not warmup):
+        return None
+    return PlannedSchedule(config.lr, epochs * steps_per_epoch, kind=config.schedule, warmup_steps=warmup)
+
+
+def make_optimizer(config: TrainConfig, schedule: PlannedSchedule | None) -> keras.optimizers.Optimizer:
+    lr = config.lr if schedule is None else schedule
+    ema = dict(use_ema=True, ema_momentum=config.ema) if config.ema else {}
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay, **ema)
+    return keras.optimizers.Adam(learning_rate=lr, **ema)
 
 
 def new_run_dir(config: TrainConfig) -> Path:
@@ -107,6 +116,10 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
         stored = json.loads((run_dir / "config.json").read_text())["config"]
         config = TrainConfig.from_dict({**stored, **(overrides or {})})
         state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
+        if overrides and ("epochs" in overrides or "time_budget_minutes" in overrides):
+            # Training a run longer (or on a new budget) plans its schedule and stop anew.
+            state.pop("planned_epochs", None)
+            state.pop("stopped_by_time_budget", None)
     else:
         run_dir, state = new_run_dir(config), {}
     precision = set_precision(config.precision)
@@ -114,7 +127,10 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
 
     folder = resolve_tfrecords(config)
     manifest = read_manifest(folder)
-    train_names, val_names = split_patients(manifest["patients"], config.val_cases, config.fold, config.folds)
+    try:
+        train_names, val_names = split_patients(manifest["patients"], config.val_cases, config.fold, config.folds)
+    except ValueError as err:
+        raise DataError(f"{folder}: {err}") from err
     started = time.perf_counter()
     train_table, val_table = load_slices(folder, train_names), load_slices(folder, val_names)
     print(f"data: {len(train_names)} training patients ({len(train_table)} slices), {len(val_names)} validation "
@@ -122,14 +138,17 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
 
     strategy = choose_strategy()
     start_epoch = int(state.get("epoch", 0))
-    train_ds, steps = training_dataset(train_table, config.batch_size, config.seed, start_epoch)
+    # A time-budgeted run that was planned (and maybe stopped) keeps its plan when resumed.
+    epochs = min(config.epochs, int(state.get("planned_epochs", config.epochs)))
+    train_ds, steps = training_dataset(train_table, config.batch_size, config.seed, start_epoch, context=config.context)
     with strategy.scope():
-        net = build_model(config.arch, (config.image_size, config.image_size, 3), config.base_filters,
-                          deep_supervision=config.deep_supervision)
+        net = build_model(config.arch, (config.image_size, config.image_size, 3 * config.context),
+                          config.base_filters, deep_supervision=config.deep_supervision)
         augment = Augment(config.augment, seed=config.seed, name="augment")
         trainer = AugmentedTrainer(net, augment, name="trainer")
         loss = get_loss(config.loss)
-        optimizer = make_optimizer(config, steps)
+        schedule = make_schedule(config, steps, epochs)
+        optimizer = make_optimizer(config, schedule)
         n_out = len(net.outputs)
         trainer.compile(optimizer=optimizer, loss=loss if n_out == 1 else [loss] * n_out,
                         loss_weights=None if n_out == 1 else deep_supervision_weights(net),
@@ -140,37 +159,50 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
         checkpoint.read(str(run_dir / state["checkpoint"])).assert_existing_objects_matched()
         print(f"resumed {run_dir} after epoch {start_epoch}")
     else:
-        _write_config(run_dir, config, precision, strategy)
+        _write_config(run_dir, config, precision, strategy, train_names, val_names)
 
     elapsed_before = float(state.get("train_seconds", 0.0))
     fit_started = time.perf_counter()
     clock = lambda: elapsed_before + time.perf_counter() - fit_started  # noqa: E731
     infer = inference_model(net)
-    validation = cb.VolumeValidation(infer, val_table, loss, config.batch_size)
+    validation = cb.VolumeValidation(infer, val_table, loss, config.batch_size, context=config.context)
     best = cb.BestModel(run_dir / "best.keras", infer, validation, state)
-    guard, budget = cb.NonFiniteGuard(), cb.TimeBudget(config.time_budget_minutes, clock)
-    callbacks = [validation, cb.TensorBoardExtras(run_dir / "tensorboard", validation, _hparams(config, precision),
-                                                  config.image_every),
-                 best, cb.ResumeState(run_dir, checkpoint, state, best, clock), guard, budget,
-                 keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
+    guard = cb.NonFiniteGuard()
+    budget = cb.TimeBudget(config.time_budget_minutes, clock, state, schedule, steps)
+    ema_in, ema_out = cb.EmaSwap(net, optimizer).callbacks() if config.ema else (None, None)
+    # Order matters: the EMA weights are in place for validation and best.keras, the raw ones
+    # are back before the checkpoint; the budget plans before the state is written.
+    callbacks = [ema_in, validation,
+                 cb.TensorBoardExtras(run_dir / "tensorboard", validation, _hparams(config, precision),
+                                      config.image_every),
+                 best, ema_out, budget, cb.ResumeState(run_dir, checkpoint, state, best, clock, steps * config.batch_size),
+                 guard, keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
+    callbacks = [c for c in callbacks if c is not None]
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau("val_volume_dsc", factor=0.5, patience=5, mode="max"))
-    if start_epoch >= config.epochs:
+    if start_epoch >= epochs:
         print(f"{run_dir} already finished {start_epoch} epochs")
     else:
-        trainer.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
-                    callbacks=callbacks, verbose=1 if os.environ.get("TFSEG_QUIET") is None else 2)
+        trainer.fit(train_ds, epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
+                    callbacks=callbacks, verbose=_verbosity())
     if guard.failure:
         raise TrainingError(f"{guard.failure}; training stopped. The last good checkpoint (epoch {state.get('epoch', 0)}) "
                             f"and best.keras are kept in {run_dir}. Try a lower --lr or --precision float32, "
                             f"then --resume {run_dir}.")
-    metrics = _final_metrics(run_dir, config, state, validation, steps, precision, budget.stopped)
+    metrics = _final_metrics(run_dir, config, state, steps, precision, budget.stopped)
     if export and (run_dir / "best.keras").is_file():
         from tfseg.export import export_run
 
         export_run(run_dir)
     print(f"best validation mean DSC: {metrics['best_val_volume_dsc']:.4f} (epoch {metrics['best_epoch']})")
     return metrics
+
+
+def _verbosity() -> int:
+    """A progress bar on a terminal; one line per epoch in a log file (``nohup … > log``) or with TFSEG_QUIET."""
+    import sys
+
+    return 1 if sys.stdout.isatty() and os.environ.get("TFSEG_QUIET") is None else 2
 
 
 def _hparams(config: TrainConfig, precision: str) -> dict:
@@ -181,10 +213,13 @@ def _hparams(config: TrainConfig, precision: str) -> dict:
     return values
 
 
-def _write_config(run_dir: Path, config: TrainConfig, precision: str, strategy) -> None:
+def _write_config(run_dir: Path, config: TrainConfig, precision: str, strategy, train_names: list[str],
+                  val_names: list[str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The split is written here once; evaluation and the report read it instead of recomputing it.
     payload = {"config": dataclasses.asdict(config), "precision_policy": precision,
-               "strategy": json.loads(describe(strategy)), "machine": machine_info(),
+               "split": {"training": list(train_names), "validation": list(val_names)},
+               "strategy": json.loads(describe(strategy)), "machine": machine_info(), "code": code_version(),
                "command": "python train.py " + _flags(config), "created": datetime.now().isoformat(timespec="seconds")}
     write_json_atomic(run_dir / "config.json", payload)
 
@@ -202,7 +237,7 @@ def _flags(config: TrainConfig) -> str:
     return " ".join(parts)
 
 
-def _final_metrics(run_dir: Path, config: TrainConfig, state: dict, validation, steps: int, precision: str,
+def _final_metrics(run_dir: Path, config: TrainConfig, state: dict, steps: int, precision: str,
                    budget_stopped: bool) -> dict:
     history = state.get("history", [])
     cb.save_history_csv(run_dir / "history.csv", history)
@@ -220,7 +255,11 @@ def _final_metrics(run_dir: Path, config: TrainConfig, state: dict, validation, 
         "epochs": epochs_done,
         # Whole training wall time, per-epoch validation included: the honest end-to-end rate.
         "images_per_second": images / train_seconds if train_seconds else None,
+        "images_seen": images,
         "precision": precision,
+        "cpu": cpu_model(),
+        "cpu_bf16": cpu_has_bf16(),
+        "planned_epochs": int(state.get("planned_epochs", config.epochs)),
         "stopped_by_time_budget": budget_stopped,
         "arch": config.arch, "loss": config.loss, "image_size": config.image_size,
     }

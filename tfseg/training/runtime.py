@@ -31,6 +31,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def choose_precision(requested: str = "auto") -> tuple[str, str]:
     """Return (policy name, why). ``auto``: mixed_float16 on a GPU, mixed_bfloat16 on a
     CPU with native bfloat16 (AVX-512 BF16 or AMX; ~2× faster than float32 here), else float32."""
@@ -38,8 +43,7 @@ def choose_precision(requested: str = "auto") -> tuple[str, str]:
         return requested, "requested"
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16", "a GPU is visible"
-    flags = cpu_flags()
-    if {"avx512_bf16", "amx_bf16"} & flags:
+    if cpu_has_bf16():
         return "mixed_bfloat16", "the CPU supports bfloat16 (AVX-512 BF16/AMX)"
     return "float32", "no GPU and no native bfloat16 on this CPU"
 
@@ -71,6 +75,7 @@ def machine_info() -> dict:
 
     return {
         "cpu": cpu_model(),
+        "cpu_bf16": cpu_has_bf16(),
         "cpu_count": os.cpu_count(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "python": platform.python_version(),
@@ -80,6 +85,21 @@ def machine_info() -> dict:
         "numpy": numpy.__version__,
         "scikit-image": skimage.__version__,
     }
+
+
+def code_version() -> dict:
+    """The git commit of the tfseg checkout and whether it had uncommitted changes (None outside git)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
