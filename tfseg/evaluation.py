@@ -248,7 +248,11 @@ def saved_model_sha256(folder: Path) -> str:
 def resolve_data(data: str | Path | None, run_config: dict | None) -> Path:
     """The raw kaggle_3m folder to read: ``data``, else the run's --data; a packed folder leads to its source."""
     if data is None:
-        data = (run_config or {}).get("config", {}).get("data") or "kaggle_3m"
+        data = (run_config or {}).get("config", {}).get("data")
+    if data is None:
+        from tfseg.data.download import default_kaggle_3m
+
+        data = default_kaggle_3m()  # ./kaggle_3m, or a verified download
     data = Path(data)
     manifest = data / MANIFEST
     if manifest.is_file():

@@ -39,7 +39,7 @@ class TrainConfig:
     base_filters: int = 32
     deep_supervision: bool = False
     precision: str = "auto"
-    data: str = "kaggle_3m"
+    data: str | None = None  # None: ./kaggle_3m, downloaded from Kaggle when absent
     tfrecords: str | None = None
     val_cases: int = 10
     fold: int | None = None
@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep-supervision", action="store_true", help="auxiliary outputs at lower decoder levels")
     p.add_argument("--precision", default=d.precision, choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
                    help="dtype policy; auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, else float32")
-    p.add_argument("--data", default=d.data, help="kaggle_3m folder, or an already packed TFRecord folder")
+    p.add_argument("--data", default=d.data, help="kaggle_3m folder, or an already packed TFRecord folder "
+                   "(default: ./kaggle_3m; when it is absent the dataset is downloaded from Kaggle with kagglehub "
+                   "and every file's SHA-256 is verified)")
     p.add_argument("--tfrecords", default=None, help="where to pack kaggle_3m (default: tfrecords/<size>px)")
     p.add_argument("--val-cases", type=int, default=d.val_cases, help="validation patients (PROTOCOL.md split)")
     p.add_argument("--fold", type=int, default=None, help="cross-validation fold index (with --folds)")

@@ -122,6 +122,10 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
             state.pop("stopped_by_time_budget", None)
     else:
         run_dir, state = new_run_dir(config), {}
+    if config.data is None:
+        from tfseg.data.download import default_kaggle_3m
+
+        config = dataclasses.replace(config, data=str(default_kaggle_3m()))
     precision = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
 
