@@ -1,6 +1,7 @@
 """Evaluate a trained network on raw kaggle_3m patients, as PROTOCOL.md measures it.
 
     python evaluate.py --model RUN_DIR [--data ./kaggle_3m] [--out RUN_DIR/eval] [--tta]
+    python evaluate.py --model RUN_A RUN_B ... --out DIR    # an ensemble (tfseg.ensemble)
 
 Per patient: read the .tif slices (tfseg.data.kaggle), preprocess them
 (tfseg.data.preprocess.preprocess_volume, the one implementation), predict the
@@ -12,6 +13,11 @@ then score in two geometries with tfseg.metrics:
 * *native*: the probabilities mapped back with ``invert_volume(order=1)`` onto the
   original (S, 256, 256) slices, then threshold + largest component, against the
   original mask (what a user of the segmentation gets).
+
+With several models (an ensemble) the slices are predicted by every member (each
+with its own flip if ``--tta``) and the probabilities averaged before the threshold
+and the largest component; see :mod:`tfseg.ensemble`. The members must take the same
+image size and, unless ``--patients`` is given, have the same validation patients.
 
 HD95 is in pixels of the native 256×256 grid in both geometries (the
 preprocessed one is scaled by side/N in-plane); along the slice axis one slice
@@ -37,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -48,6 +54,7 @@ from tfseg.data.kaggle import DataError, PatientFiles, PatientVolume, read_patie
 from tfseg.data.preprocess import invert_volume, preprocess_volume
 from tfseg.data.records import MANIFEST, sha256_file, write_json_atomic
 from tfseg.data.split import split_patients
+from tfseg.ensemble import Ensemble, EnsembleError
 from tfseg.metrics import postprocess_volume, volume_scores
 from tfseg.visualize import (FLAIR_CHANNEL, atomic_path, dsc_bar_charts, grid, largest_slices, save_figure,
                              save_gif, save_png, volume_overlays)
@@ -79,8 +86,9 @@ class EvalOptions:
 class LoadedModel:
     """A model ready to predict, with where it came from.
 
-    ``predict``: (B, N, N, 3) float32 -> probabilities; ``run_dir`` / ``run_config``: the
-    training run the model belongs to (for its split), when it has a config.json.
+    ``predict``: (B, N, N, 3·K) float32 -> probabilities; ``run_dir`` / ``run_config``: the
+    training run the model belongs to (for its split), when it has a config.json;
+    ``network``: the keras.Model itself for kind "keras" (None for a SavedModel).
     """
 
     path: Path
@@ -91,6 +99,7 @@ class LoadedModel:
     run_dir: Path | None = None
     run_config: dict | None = None
     context: int = 1
+    network: object = field(default=None, repr=False)
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "sha256": self.sha256, "image_size": self.image_size,
@@ -198,7 +207,7 @@ def _load_keras(path: Path, run_dir: Path | None, image_size: int | None) -> Loa
         return out[0] if isinstance(out, (list, tuple)) else out
 
     return LoadedModel(path, "keras", predict, size, sha256_file(path), run_dir, run_config,
-                       context=int(model.inputs[0].shape[-1]) // 3)
+                       context=int(model.inputs[0].shape[-1]) // 3, network=model)
 
 
 def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) -> LoadedModel:
@@ -230,6 +239,18 @@ def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) 
     predict.loaded = loaded
     return LoadedModel(path, "saved_model", predict, size, saved_model_sha256(path), run_dir, run_config,
                        context=int(spec.shape[-1]) // 3)
+
+
+def load_ensemble(paths: Sequence[str | Path], image_size: int | None = None) -> LoadedModel | Ensemble:
+    """One path: :func:`load_model`. Several: an :class:`~tfseg.ensemble.Ensemble` of them.
+
+    Each path is anything load_model takes. Raises ModelLoadError for a bad path and
+    EnsembleError (naming both models) when two members take different image sizes.
+    """
+    paths = list(paths)
+    if len(paths) == 1:
+        return load_model(paths[0], image_size)
+    return Ensemble([load_model(path, image_size) for path in paths])
 
 
 def saved_model_sha256(folder: Path) -> str:
@@ -296,6 +317,32 @@ def choose_patients(scanned: list[PatientFiles], patients: list[str] | None,
     except ValueError as err:
         raise DataError(f"cannot reproduce the run's split over the {len(names)} patients found: {err}") from err
     return select_patients(scanned, validation), {"source": "run config (recomputed)", **split}
+
+
+def choose_ensemble_patients(scanned: list[PatientFiles], patients: list[str] | None,
+                             members: list[LoadedModel]) -> tuple[list[PatientFiles], dict]:
+    """:func:`choose_patients` for an ensemble: explicit ``patients``, else the validation patients
+    every member's run agrees on (in the first member's order).
+
+    Raises EnsembleError naming a member without a run, or two members whose runs validated
+    on different patients (scoring on patients one member trained on would flatter the ensemble).
+    """
+    if patients:
+        return choose_patients(scanned, patients, None)
+    chosen = []
+    for member in members:
+        if member.run_config is None:
+            raise EnsembleError(f"{member.path} is not inside a training run (no config.json beside it), so its "
+                                "validation split is unknown: pass --patients all or --patients NAME...")
+        chosen.append(choose_patients(scanned, None, member.run_config))
+    (files, info), first = chosen[0], members[0]
+    for (other_files, _), member in zip(chosen[1:], members[1:]):
+        ours, theirs = {f.patient for f in files}, {f.patient for f in other_files}
+        if ours != theirs:
+            raise EnsembleError(f"{first.path} and {member.path} were validated on different patients (only in "
+                                f"{first.path}: {sorted(ours - theirs)}; only in {member.path}: "
+                                f"{sorted(theirs - ours)}): choose the patients with --patients")
+    return files, info
 
 
 def data_fingerprint(files: list[PatientFiles], root: Path) -> dict:
@@ -438,22 +485,34 @@ def write_overlays(folder: Path, volume: PatientVolume, prediction: np.ndarray) 
     save_png(folder / f"{volume.patient}_montage.png", grid([frames[i] for i in chosen], columns=3))
 
 
-def evaluate_model(model: str | Path, data: str | Path | None = None, out: str | Path | None = None,
-                   patients: list[str] | None = None, options: EvalOptions = EvalOptions(), *,
-                   overlays: bool = True, progress: bool = True, command: str | None = None) -> dict:
+def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | None = None,
+                   out: str | Path | None = None, patients: list[str] | None = None,
+                   options: EvalOptions = EvalOptions(), *, overlays: bool = True, progress: bool = True,
+                   command: str | None = None) -> dict:
     """Load ``model`` (SavedModel folder, .keras file or run folder) and evaluate it; see :func:`evaluate`.
 
-    ``data`` defaults to the run's --data (a packed folder leads to its kaggle_3m source);
-    ``out`` to RUN_DIR/eval; ``patients`` to the validation patients of the run's split.
+    ``model`` may be a list of such paths: one is that model, several an ensemble
+    (:func:`load_ensemble`). ``data`` defaults to the (first) run's --data (a packed folder
+    leads to its kaggle_3m source); ``out`` to RUN_DIR/eval for one model and is required
+    for an ensemble; ``patients`` to the validation patients of the run's split (for an
+    ensemble, every member's run must have the same ones).
     """
-    loaded = load_model(model)
+    paths = [model] if isinstance(model, (str, Path)) else list(model)
+    if len(paths) > 1 and out is None:
+        # Not RUN_A/eval: that folder is RUN_A's own score (the report reads it), and two ensembles sharing
+        # a first member would overwrite each other.
+        raise EnsembleError(f"an ensemble of {len(paths)} models needs an output folder: pass --out DIR")
+    loaded = load_ensemble(paths)
     options = replace(options, context=loaded.context)
     if out is None:
         if loaded.run_dir is None:
-            raise DataError(f"{model} is not inside a training run: pass --out DIR")
+            raise DataError(f"{paths[0]} is not inside a training run: pass --out DIR")
         out = loaded.run_dir / "eval"
     root = resolve_data(data, loaded.run_config)
-    files, split_info = choose_patients(scan_folder(root), patients, loaded.run_config)
+    if isinstance(loaded, Ensemble):
+        files, split_info = choose_ensemble_patients(scan_folder(root), patients, loaded.members)
+    else:
+        files, split_info = choose_patients(scan_folder(root), patients, loaded.run_config)
     return evaluate(root, loaded.predict, loaded.image_size, out, [f.patient for f in files], options,
                     model_info=loaded.describe(), split_info=split_info, overlays=overlays, progress=progress,
                     command=command)
@@ -466,15 +525,21 @@ def evaluate_model(model: str | Path, data: str | Path | None = None, out: str |
 def build_parser() -> argparse.ArgumentParser:
     d = EvalOptions()
     p = argparse.ArgumentParser(prog="python evaluate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Per-volume DSC / HD95 of a trained model on kaggle_3m patients, in "
-                                            "the preprocessed and the native geometry, with plots and overlays.")
-    p.add_argument("--model", required=True, help="a training run folder (uses best.keras and its split), "
-                   "RUN_DIR/export (SavedModel) or a .keras file")
-    p.add_argument("--data", default=None, help="kaggle_3m folder (default: the run's --data; a packed folder "
-                   "leads to its source)")
-    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval)")
+                                description="Per-volume DSC / HD95 of a trained model (or the mean of several: an "
+                                            "ensemble) on kaggle_3m patients, in the preprocessed and the native "
+                                            "geometry, with plots and overlays.")
+    p.add_argument("--model", required=True, nargs="+", metavar="MODEL",
+                   help="a training run folder (uses best.keras and its split), RUN_DIR/export (SavedModel) or a "
+                   ".keras file. Several: an ensemble, scored on the mean of their probabilities (each after its "
+                   "own --tta) before the threshold and the largest component; they must take the same image "
+                   "size (their 2.5-D --context may differ) and need --out")
+    p.add_argument("--data", default=None, help="kaggle_3m folder (default: the (first) run's --data; a packed "
+                   "folder leads to its source)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval for one model; required for "
+                   "an ensemble)")
     p.add_argument("--patients", nargs="+", default=None, metavar="all|NAME",
-                   help="'all' or patient folder names (default: the validation patients of the run's split)")
+                   help="'all' or patient folder names (default: the validation patients of the run's split; for "
+                   "an ensemble every member's run must have the same ones)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
     p.add_argument("--no-lcc", action="store_true", help="keep every component, not only the largest")
     p.add_argument("--threshold", type=float, default=d.threshold, help="foreground where probability > threshold")
@@ -490,7 +555,7 @@ def main(argv=None) -> int:
     try:
         summary = evaluate_model(args.model, args.data, args.out, args.patients, options,
                                  overlays=not args.no_overlays, command="python evaluate.py " + shlex.join(argv))
-    except (ModelLoadError, DataError) as err:
+    except (ModelLoadError, DataError, EnsembleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{summary['n_patients']} patients: mean DSC {summary['mean_dsc']:.4f} (median {summary['median_dsc']:.4f}); "

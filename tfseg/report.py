@@ -1,17 +1,24 @@
 """A Markdown report comparing training runs and their evaluations.
 
-    python -m tfseg.report runs/unet-20260101-120000 runs/attention_unet-20260102-080000 -o reports/REPORT.md
+    python -m tfseg.report results/cpu-128/* -o reports/REPORT.md --title "cpu-128 campaign" \
+        --notes reports/NOTES.md [--baseline b16-reference-settings]
 
-For every run folder it reads ``config.json`` (settings and the reproducing
-command), ``metrics.json`` (training time, speed, the validation DSC seen during
-training) and, when present, the evaluation that ``evaluate.py`` wrote to
-``RUN_DIR/eval`` (``summary.json``, ``per_patient.csv``, ``overlays/``). DSC
-figures come from the evaluation when there is one (both geometries, HD95),
-else from training's own validation (preprocessed geometry only); the table
-says which. Missing values are shown as '—'.
+A run is either a live run folder written by ``train.py`` (evaluation in ``RUN_DIR/eval``)
+or a flat results folder (``results/<budget>/<name>``: the evaluation files beside
+``config.json``). For every run it reads ``config.json`` (settings, machine, code commit,
+the reproducing command), ``metrics.json`` (training time, speed, the validation DSC
+seen during training), ``history.csv`` (per-epoch validation DSC, cumulative time and
+images) and, when present, the evaluation (``summary.json``, ``per_patient.csv``,
+``overlays/``). DSC figures come from the evaluation when there is one (both
+geometries, HD95), else from training's own validation (preprocessed geometry only);
+the table says which. Missing values are shown as '—'.
 
-Figures go to ``figures/`` beside the report, prefixed with the report's name
-(``reports/REPORT.md`` -> ``reports/figures/REPORT_dsc_per_patient.png``), and
+The report: a results table and a settings table (one row per run, best mean DSC
+first), the hand-written ``--notes`` verbatim, time-to-accuracy curves beside the
+reference program's (PROTOCOL.md), the best run against a baseline run per patient,
+every run per patient, the best and worst case of the best run, and how to reproduce
+each run. Figures go to ``figures/`` beside the report, prefixed with the report's
+name (``reports/REPORT.md`` -> ``reports/figures/REPORT_time_to_accuracy.png``), and
 are linked with relative paths, so the folder can be moved or published as is.
 """
 from __future__ import annotations
@@ -27,19 +34,33 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from tfseg.visualize import atomic_path, dsc_comparison_chart, save_figure
+from tfseg.visualize import (atomic_path, dsc_comparison_chart, dsc_patient_comparison, save_figure,
+                             time_to_accuracy_chart)
 
 DASH = "—"
 EVAL_DIR = "eval"
+DEFAULT_TITLE = "Experiment report"
+BASELINE_MARK = "reference-settings"  # default baseline: a run whose name contains this
+
+# The reference program under cpu-128 on these machines (PROTOCOL.md): validation mean DSC after each
+# of its 12 epochs, its training time, and its images per epoch (208 steps of 16).
+REFERENCE_DSC_BY_EPOCH = (0.54, 0.69, 0.73, 0.64, 0.74, 0.77, 0.78, 0.88, 0.88, 0.79, 0.89, 0.894)
+REFERENCE_TRAIN_MINUTES = 44.6
+REFERENCE_MEAN_DSC = 0.894
+IMAGES_PER_EPOCH = 208 * 16
 
 
 class ReportError(ValueError):
-    """A path given as a run is not a training run folder; the message names it."""
+    """A path given as a run is not a training run folder (or a file is unreadable); the message names it."""
 
 
 @dataclass
 class RunRecord:
-    """Everything the report shows about one run (missing parts are None)."""
+    """Everything the report shows about one run (missing parts are None).
+
+    ``eval_dir`` is where the evaluation was found: ``RUN_DIR/eval`` in a live run, the
+    folder itself in a flat results folder, None when the run has not been evaluated.
+    """
 
     path: Path
     config: dict
@@ -48,6 +69,8 @@ class RunRecord:
     summary: dict | None
     per_patient: list[dict] | None
     montages: Path | None = field(default=None)
+    history: list[dict] | None = field(default=None)
+    eval_dir: Path | None = field(default=None)
 
     @property
     def name(self) -> str:
@@ -57,37 +80,64 @@ class RunRecord:
     def evaluated(self) -> bool:
         return self.summary is not None
 
+    @property
+    def flat(self) -> bool:
+        """A results folder: the evaluation sits beside config.json instead of in RUN_DIR/eval."""
+        return self.eval_dir == self.path
+
+    def metric(self, key: str):
+        """A value of metrics.json (None when the file or the key is missing)."""
+        return (self.metrics or {}).get(key)
+
     def score(self, key: str):
         """A summary figure: from the evaluation, or (preprocessed DSC only) from training's validation."""
         if self.summary is not None:
             return _number(self.summary.get(key))
         fallback = {"mean_dsc": "best_val_volume_dsc", "median_dsc": "val_volume_dsc_median"}.get(key)
-        return _number((self.metrics or {}).get(fallback)) if fallback else None
+        return _number(self.metric(fallback)) if fallback else None
 
     def dsc_by_patient(self) -> dict[str, float]:
         """Per-patient DSC in the preprocessed geometry (evaluation first, else training's best epoch)."""
         if self.per_patient:
             return {row["patient"]: float(row["dsc_pre"]) for row in self.per_patient}
-        return {k: float(v) for k, v in ((self.metrics or {}).get("val_volume_dsc_by_patient") or {}).items()}
+        return {k: float(v) for k, v in (self.metric("val_volume_dsc_by_patient") or {}).items()}
 
 
 def load_run(path: str | Path) -> RunRecord:
-    """Read one run folder (and RUN_DIR/eval if present)."""
+    """Read one run folder: a live run (evaluation in RUN_DIR/eval) or a flat results folder.
+
+    Returns a RunRecord; raises ReportError naming the folder when it holds neither
+    config.json nor metrics.json, or naming a file that cannot be parsed.
+    """
     path = Path(path)
     if not path.is_dir():
-        raise ReportError(f"{path} is not a folder; give training run folders (written by `python train.py`)")
+        raise ReportError(f"{path} is not a folder; give training run folders (written by `python train.py`) "
+                          "or results folders (results/<budget>/<name>)")
     config_file = _read_json(path / "config.json")
     metrics = _read_json(path / "metrics.json")
     if config_file is None and metrics is None:
-        raise ReportError(f"{path} holds neither config.json nor metrics.json: it is not a training run folder")
-    eval_dir = path / EVAL_DIR
-    summary = _read_json(eval_dir / "summary.json")
+        raise ReportError(f"{path} holds neither config.json nor metrics.json: it is not a training run folder "
+                          "or a results folder")
+    eval_dir = find_evaluation(path)
+    summary = _read_json(eval_dir / "summary.json") if eval_dir else None
     per_patient = None
     if summary is not None and (eval_dir / "per_patient.csv").is_file():
         per_patient = read_per_patient_csv(eval_dir / "per_patient.csv")
+    overlays = eval_dir / "overlays" if eval_dir and (eval_dir / "overlays").is_dir() else None
+    history = read_history_csv(path / "history.csv") if (path / "history.csv").is_file() else None
     config = (config_file or {}).get("config", {})
-    return RunRecord(path, config, config_file or {}, metrics, summary, per_patient,
-                     eval_dir / "overlays" if (eval_dir / "overlays").is_dir() else None)
+    return RunRecord(path, config, config_file or {}, metrics, summary, per_patient, overlays, history, eval_dir)
+
+
+def find_evaluation(path: Path) -> Path | None:
+    """Where evaluate.py's files are for run folder ``path``: RUN_DIR/eval (live run) when it holds a
+    summary.json, else ``path`` itself when summary.json sits beside config.json (results folder), else
+    RUN_DIR/eval if it exists at all (overlays without a summary), else None."""
+    if (path / EVAL_DIR / "summary.json").is_file():
+        return path / EVAL_DIR
+    if (path / "summary.json").is_file():
+        return path
+    return path / EVAL_DIR if (path / EVAL_DIR).is_dir() else None
 
 
 def _read_json(path: Path) -> dict | None:
@@ -105,6 +155,19 @@ def read_per_patient_csv(path: str | Path) -> list[dict]:
         return [{k: v if k == "patient" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def read_history_csv(path: str | Path) -> list[dict[str, float]]:
+    """Rows of training's history.csv (one per epoch) as {column: float}; empty cells are nan."""
+    rows = []
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                rows.append({k: float(v) if v not in ("", None) else math.nan for k, v in row.items()})
+            except ValueError as err:
+                raise ReportError(f"{path}, line {line}: {err}; history.csv holds numbers only — copy it again "
+                                  "from the run folder (train.py writes it at the end of training)") from err
+    return rows
+
+
 def _number(value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -116,26 +179,22 @@ def sort_runs(runs: list[RunRecord]) -> list[RunRecord]:
     return sorted(runs, key=lambda r: (r.score("mean_dsc") is None, -(r.score("mean_dsc") or 0.0), r.name))
 
 
+def choose_baseline(runs: list[RunRecord], name: str | None = None) -> RunRecord | None:
+    """The run called ``name`` (a run folder's name; ReportError listing the runs when there is none), or,
+    without a name, the first of ``runs`` whose name contains 'reference-settings' (None if none does)."""
+    if name:
+        wanted = Path(name).name
+        match = [run for run in runs if run.name == wanted]
+        if not match:
+            raise ReportError(f"--baseline {name}: no run of that name among {', '.join(r.name for r in runs)}; "
+                              "give the name of one of the run folders")
+        return match[0]
+    return next((run for run in runs if BASELINE_MARK in run.name), None)
+
+
 # ----------------------------------------------------------------------------
 # Table cells
 # ----------------------------------------------------------------------------
-
-COLUMNS = ("#", "Run", "Architecture", "Loss", "Optimizer / schedule", "Image size", "Epochs", "Precision",
-           "Seed", "Training time", "Images/s", "Mean DSC", "Median DSC", "Mean DSC (native)",
-           "Median DSC (native)", "Mean HD95 (native, px)", "DSC from")
-
-
-def table_row(rank: int, run: RunRecord) -> list[str]:
-    c, m = run.config, run.metrics or {}
-    return [str(rank), f"`{run.name}`", _text(c.get("arch") or m.get("arch")), _text(c.get("loss") or m.get("loss")),
-            _optimizer(c), _text(c.get("image_size") or m.get("image_size")), _text(m.get("epochs", c.get("epochs"))),
-            _text(m.get("precision") or run.config_file.get("precision_policy")), _text(c.get("seed")),
-            _duration(m.get("train_seconds")), _fixed(m.get("images_per_second"), 1),
-            _fixed(run.score("mean_dsc"), 4), _fixed(run.score("median_dsc"), 4),
-            _fixed(run.score("mean_dsc_native"), 4), _fixed(run.score("median_dsc_native"), 4),
-            _fixed(run.score("mean_hd95_native"), 2),
-            "evaluate.py" if run.evaluated else ("training validation" if run.score("mean_dsc") is not None else DASH)]
-
 
 def _text(value) -> str:
     return DASH if value is None or value == "" else str(value).replace("|", "\\|")
@@ -164,8 +223,178 @@ def _optimizer(config: dict) -> str:
     return ", ".join(parts)
 
 
+def _setting(run: RunRecord, key: str):
+    """A training setting from config.json, else from metrics.json."""
+    value = run.config.get(key)
+    return run.metric(key) if value is None else value
+
+
+def _context(run: RunRecord) -> str:
+    """Slices per input (1: 2-D; runs from before --context existed were 2-D)."""
+    if not run.config:
+        return DASH
+    return _text(run.config.get("context") or 1)
+
+
+def _ema(run: RunRecord) -> str:
+    """The EMA decay, or 'off' (runs from before --ema existed had none)."""
+    if not run.config:
+        return DASH
+    return "off" if run.config.get("ema") is None else f"{run.config['ema']:g}"
+
+
+def _budget(run: RunRecord) -> str:
+    """'cpu-128 (12 ep)' for an epoch budget; 'N min wall clock' when the run had a time limit."""
+    minutes = run.config.get("time_budget_minutes")
+    if minutes:
+        # cpu-128 was a 60-minute wall-clock budget before it became 12 epochs (PROTOCOL.md).
+        return f"{minutes:g} min wall clock" + (" (old)" if run.config.get("preset") == "cpu-128" else "")
+    epochs = run.metric("planned_epochs") or run.config.get("epochs")
+    if epochs is None:
+        return DASH
+    preset = run.config.get("preset")
+    return f"{preset} ({epochs} ep)" if preset else f"{epochs} ep"
+
+
+def _epochs(run: RunRecord) -> str:
+    """Epochs trained and the best one: '11 (best 9)'."""
+    done, best = run.metric("epochs"), run.metric("best_epoch")
+    if done is None:
+        return DASH
+    return f"{done} (best {best})" if best is not None else str(done)
+
+
+def cpu_bf16(run: RunRecord) -> bool | None:
+    """Whether the training CPU had native bfloat16 (config machine, then metrics.json); None if unknown.
+
+    Runs from before it was recorded tell it by their precision: ``--precision auto`` picks
+    mixed_bfloat16 on a machine without GPUs only when the CPU has bf16 (runtime.choose_precision).
+    """
+    machine = run.config_file.get("machine") or {}
+    known = machine.get("cpu_bf16", run.metric("cpu_bf16"))
+    if known is not None:
+        return bool(known)
+    if (run.config.get("precision") == "auto" and run.config_file.get("precision_policy") == "mixed_bfloat16"
+            and not machine.get("gpus")):
+        return True
+    return None
+
+
+def _cpu(run: RunRecord) -> str:
+    """'AMD EPYC (bf16)' / 'AMD EPYC (no bf16)': the CPU model and whether it computes bfloat16."""
+    name = (run.config_file.get("machine") or {}).get("cpu") or run.metric("cpu")
+    if not name:
+        return DASH
+    return _text(f"{name} (" + {True: "bf16", False: "no bf16", None: "bf16 unknown"}[cpu_bf16(run)] + ")")
+
+
+def _code(run: RunRecord) -> str:
+    """The code's commit, short, with '+dirty' when the checkout had uncommitted changes."""
+    code = run.config_file.get("code") or {}
+    if not code.get("commit"):
+        return DASH
+    return code["commit"][:7] + ("+dirty" if code.get("dirty") else "")
+
+
+def _dsc_source(run: RunRecord) -> str:
+    if run.evaluated:
+        return "evaluate.py"
+    return "training validation" if run.score("mean_dsc") is not None else DASH
+
+
+RESULT_COLUMNS = (
+    ("Mean DSC", lambda run: _fixed(run.score("mean_dsc"), 4)),
+    ("Median DSC", lambda run: _fixed(run.score("median_dsc"), 4)),
+    ("Mean DSC (native)", lambda run: _fixed(run.score("mean_dsc_native"), 4)),
+    ("Median DSC (native)", lambda run: _fixed(run.score("median_dsc_native"), 4)),
+    ("Mean HD95 (native, px)", lambda run: _fixed(run.score("mean_hd95_native"), 2)),
+    ("Epochs", _epochs),
+    ("Training time", lambda run: _duration(run.metric("train_seconds"))),
+    ("Images/s", lambda run: _fixed(run.metric("images_per_second"), 1)),
+    ("CPU", _cpu),
+    ("DSC from", _dsc_source),
+)
+
+SETTING_COLUMNS = (
+    ("Architecture", lambda run: _text(_setting(run, "arch"))),
+    ("Base filters", lambda run: _text(run.config.get("base_filters"))),
+    ("Context", _context),
+    ("Loss", lambda run: _text(_setting(run, "loss"))),
+    ("Optimizer / schedule", lambda run: _optimizer(run.config)),
+    ("EMA", _ema),
+    ("Image size", lambda run: _text(_setting(run, "image_size"))),
+    ("Budget", _budget),
+    ("Precision", lambda run: _text(run.metric("precision") or run.config_file.get("precision_policy"))),
+    ("Seed", lambda run: _text(run.config.get("seed"))),
+    ("Code", _code),
+)
+
+
+def markdown_table(columns, runs: list[RunRecord]) -> list[str]:
+    """Lines of a Markdown table: '#', 'Run', then one cell per (header, cell function) of ``columns``."""
+    headers = ["#", "Run"] + [header for header, _ in columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for rank, run in enumerate(runs, 1):
+        lines.append("| " + " | ".join([str(rank), f"`{run.name}`"] + [cell(run) for _, cell in columns]) + " |")
+    return lines
+
+
 # ----------------------------------------------------------------------------
-# Figures
+# Time to accuracy
+# ----------------------------------------------------------------------------
+
+def reference_curve() -> dict:
+    """The reference program's cpu-128 curve: its 12 epochs evenly spaced over 44.6 minutes, 208×16 images each."""
+    epochs = range(1, len(REFERENCE_DSC_BY_EPOCH) + 1)
+    step = REFERENCE_TRAIN_MINUTES / len(REFERENCE_DSC_BY_EPOCH)
+    return {"minutes": [e * step for e in epochs], "images": [e * IMAGES_PER_EPOCH for e in epochs],
+            "dsc": list(REFERENCE_DSC_BY_EPOCH), "estimated": False}
+
+
+def accuracy_curve(run: RunRecord) -> dict | None:
+    """One run's validation mean DSC by epoch: {"minutes", "images", "dsc", "estimated"}, or None without one.
+
+    Cumulative minutes and images come from history.csv's train_seconds / images_seen columns. Older
+    runs lack them: minutes = epoch × train_seconds / epochs (metrics.json; None if unknown) and
+    images = epoch × 208 × 16, and ``estimated`` is True. Epochs whose DSC is not finite are left out.
+    """
+    rows = run.history or [{"epoch": i, "val_volume_dsc": v}
+                           for i, v in enumerate(run.metric("val_volume_dsc_by_epoch") or [], 1)]
+    rows = [row for row in rows if _number(row.get("val_volume_dsc")) is not None]
+    if not rows:
+        return None
+    epochs = [row["epoch"] for row in rows]
+    seconds, images = _cumulative(rows, "train_seconds"), _cumulative(rows, "images_seen")
+    estimated = seconds is None or images is None
+    if seconds is None:
+        total, done = _number(run.metric("train_seconds")), run.metric("epochs")
+        seconds = [e * total / done for e in epochs] if total and done else None
+    if images is None:
+        images = [e * IMAGES_PER_EPOCH for e in epochs]
+    return {"minutes": None if seconds is None else [s / 60 for s in seconds], "images": images,
+            "dsc": [row["val_volume_dsc"] for row in rows], "estimated": estimated}
+
+
+def _cumulative(rows: list[dict], key: str) -> list[float] | None:
+    """Column ``key`` of history rows when every row has a finite value, else None."""
+    values = [_number(row.get(key)) for row in rows]
+    return None if any(v is None for v in values) else values
+
+
+def time_to_accuracy_figure(runs: list[RunRecord], figures: Path, prefix: str) -> tuple[Path, list[str]]:
+    """Write figures/<prefix>_time_to_accuracy.png (every run with per-epoch DSC, and the reference program).
+
+    Returns (the PNG, names of the runs whose time or images axis was estimated).
+    """
+    curves = {run.name: curve for run in runs if (curve := accuracy_curve(run)) is not None}
+    fig = time_to_accuracy_chart(curves, reference_curve(),
+                                 title="validation mean DSC by epoch: time to accuracy (preprocessed geometry)")
+    path = save_figure(fig, figures / f"{prefix}_time_to_accuracy.png")
+    return path, [name for name, curve in curves.items() if curve["estimated"]]
+
+
+# ----------------------------------------------------------------------------
+# Per-patient figures
 # ----------------------------------------------------------------------------
 
 def comparison_figure(runs: list[RunRecord], figures: Path, prefix: str) -> Path | None:
@@ -175,6 +404,24 @@ def comparison_figure(runs: list[RunRecord], figures: Path, prefix: str) -> Path
         return None
     return save_figure(dsc_comparison_chart(by_run, title="validation DSC per patient (preprocessed geometry)"),
                        figures / f"{prefix}_dsc_per_patient.png")
+
+
+def baseline_figure(best: RunRecord, baseline: RunRecord | None, figures: Path, prefix: str) -> Path | None:
+    """figures/<prefix>_best_vs_baseline.png: per-patient DSC of the best and the baseline run with the
+    reference program's mean (0.894) as a line; None without a baseline or per-patient scores."""
+    if baseline is None:
+        return None
+    if baseline is best:
+        by_run = {f"best = baseline: {best.name}": best.dsc_by_patient()}
+    else:
+        by_run = {f"best: {best.name}": best.dsc_by_patient(), f"baseline: {baseline.name}": baseline.dsc_by_patient()}
+    by_run = {label: scores for label, scores in by_run.items() if scores}
+    if not by_run:
+        return None
+    reference = {f"reference program mean {REFERENCE_MEAN_DSC} (PROTOCOL.md)": REFERENCE_MEAN_DSC}
+    fig = dsc_patient_comparison(by_run, reference,
+                                 title="best run against the baseline: validation DSC per patient (preprocessed)")
+    return save_figure(fig, figures / f"{prefix}_best_vs_baseline.png")
 
 
 def case_figures(run: RunRecord, figures: Path, prefix: str) -> list[tuple[str, str, float, Path]]:
@@ -199,50 +446,124 @@ def case_figures(run: RunRecord, figures: Path, prefix: str) -> list[tuple[str, 
 # The report
 # ----------------------------------------------------------------------------
 
-def build_report(run_dirs: list[str | Path], output: str | Path) -> Path:
-    """Write the Markdown report of ``run_dirs`` to ``output`` (and its figures beside it); returns its path."""
+@dataclass
+class ReportFigures:
+    """The figures written for one report (None / empty where there was nothing to draw)."""
+
+    time_to_accuracy: Path | None = None
+    estimated: list[str] = field(default_factory=list)
+    baseline: RunRecord | None = None
+    best_vs_baseline: Path | None = None
+    per_patient: Path | None = None
+    cases: list = field(default_factory=list)
+
+
+def build_report(run_dirs: list[str | Path], output: str | Path, title: str = DEFAULT_TITLE,
+                 notes: str | Path | None = None, baseline: str | None = None) -> Path:
+    """Write the Markdown report of ``run_dirs`` to ``output`` (and its figures beside it); returns its path.
+
+    title: the report's heading; notes: a Markdown file inserted verbatim after the tables (the hand-written
+    analysis, kept in its own file so the report can be regenerated); baseline: the name of the run the best
+    one is compared with (default: a run whose name contains 'reference-settings').
+    Everything is read and checked before anything is written.
+    """
     if not run_dirs:
         raise ReportError("give at least one run folder")
     output = Path(output)
+    notes_text = read_notes(notes, output) if notes else None
     runs = sort_runs([load_run(p) for p in run_dirs])
-    figures = output.parent / "figures"
-    prefix = output.stem
-    chart = comparison_figure(runs, figures, prefix)
-    best = runs[0]
-    cases = case_figures(best, figures, prefix)
-    text = render(runs, output.parent, chart, cases)
+    base = choose_baseline(runs, baseline)
+    figures, prefix = output.parent / "figures", output.stem
+    time_png, estimated = time_to_accuracy_figure(runs, figures, prefix)
+    drawn = ReportFigures(time_png, estimated, base, baseline_figure(runs[0], base, figures, prefix),
+                          comparison_figure(runs, figures, prefix), case_figures(runs[0], figures, prefix))
+    text = render(runs, output.parent, drawn, title=title, notes=notes_text)
     with atomic_path(output) as tmp:
         tmp.write_text(text)
     return output
 
 
-def render(runs: list[RunRecord], report_dir: Path, chart: Path | None, cases: list) -> str:
+def read_notes(path: str | Path, output: Path) -> str:
+    """The text of the hand-written notes file; ReportError when it is missing or is the report itself."""
+    path = Path(path)
+    if path.resolve() == output.resolve():
+        raise ReportError(f"--notes {path} is the report itself, which is rewritten; keep the hand-written "
+                          "analysis in its own file (e.g. reports/NOTES.md)")
+    if not path.is_file():
+        raise ReportError(f"--notes {path}: no such file; write the hand-written analysis (Markdown) there "
+                          "or leave --notes out")
+    return path.read_text()
+
+
+def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title: str = DEFAULT_TITLE,
+           notes: str | None = None) -> str:
+    """The report's Markdown: header, results and settings tables, notes verbatim, then the figure sections."""
     rel = lambda p: os.path.relpath(p, report_dir).replace(os.sep, "/")  # noqa: E731
-    lines = [
-        "# Experiment report", "",
-        f"Generated {datetime.now().isoformat(timespec='seconds')} from {len(runs)} run(s). Protocol: PROTOCOL.md "
-        "(per-volume DSC after threshold 0.5 and the largest 3-D connected component; mean is the headline). "
-        "Runs are sorted by mean DSC (preprocessed geometry). 'DSC from' says whether the figures come from "
-        "`evaluate.py` (both geometries, HD95) or from training's own validation (preprocessed geometry only).", "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
-    ]
-    lines += ["| " + " | ".join(table_row(i, run)) + " |" for i, run in enumerate(runs, 1)]
-    lines += ["", "## Per-patient DSC", ""]
-    lines += [f"![per-patient DSC of every run]({rel(chart)})", ""] if chart else ["No run has per-patient scores.", ""]
-    lines += _cases_section(runs[0], cases, rel)
+    lines = [f"# {title}", "",
+             f"Generated {datetime.now().isoformat(timespec='seconds')} from {len(runs)} run(s). Protocol: "
+             "PROTOCOL.md (per-volume DSC after threshold 0.5 and the largest 3-D connected component; mean is "
+             "the headline). Runs are sorted by mean DSC (preprocessed geometry); the reference program reached "
+             f"{REFERENCE_MEAN_DSC} under cpu-128. 'DSC from' says whether the figures come from `evaluate.py` "
+             "(both geometries, HD95) or from training's own validation (preprocessed geometry only).", "",
+             "## Results", "", *markdown_table(RESULT_COLUMNS, runs), "",
+             "Epochs: trained (best). Training time: wall clock, per-epoch validation included, on the CPU shown "
+             "(bf16: the CPU computes bfloat16 natively).", "",
+             "## Settings", "", *markdown_table(SETTING_COLUMNS, runs), "",
+             "Budget: 'cpu-128 (12 ep)' is the protocol's epoch budget; 'N min wall clock (old)' the earlier "
+             "cpu-128, stopped by a time limit. Code: the commit trained ('+dirty': with uncommitted changes).", ""]
+    if notes:
+        lines += [notes.rstrip("\n"), ""]
+    lines += _time_section(drawn, rel)
+    lines += _baseline_section(runs[0], drawn, rel)
+    lines += ["## Per-patient DSC of every run", ""]
+    lines += ([f"![per-patient DSC of every run]({rel(drawn.per_patient)})", ""] if drawn.per_patient
+              else ["No run has per-patient scores.", ""])
+    lines += _cases_section(runs[0], drawn.cases, rel)
     lines += ["## How to reproduce each run", ""]
     for run in runs:
         lines += _reproduce(run)
     return "\n".join(lines) + "\n"
 
 
+def _time_section(drawn: ReportFigures, rel) -> list[str]:
+    lines = ["## Time to accuracy", "",
+             f"![validation DSC by training time and by images seen]({rel(drawn.time_to_accuracy)})", "",
+             "Validation mean per-volume DSC after each epoch against cumulative training wall time (left) and "
+             "training images seen (right); times are on each run's own CPU (Results table). Black: the "
+             f"reference program under cpu-128 (PROTOCOL.md), its 12 epochs assumed evenly spaced over "
+             f"{REFERENCE_TRAIN_MINUTES} min and 208×16 images each; dotted: its best, {REFERENCE_MEAN_DSC}."]
+    if drawn.estimated:
+        lines[-1] += (" Dashed: runs whose history.csv has no train_seconds / images_seen columns ("
+                      + ", ".join(f"`{name}`" for name in drawn.estimated) + "); their time is epoch × "
+                      "train_seconds / epochs from metrics.json and their images epoch × 208 × 16.")
+    return lines + [""]
+
+
+def _baseline_section(best: RunRecord, drawn: ReportFigures, rel) -> list[str]:
+    lines = ["## Best run against the baseline", ""]
+    base = drawn.baseline
+    if base is None:
+        return lines + [f"No baseline: no run's name contains '{BASELINE_MARK}'; name one with "
+                        "`--baseline NAME`.", ""]
+    if drawn.best_vs_baseline is None:
+        return lines + [f"No per-patient scores for `{best.name}` or the baseline `{base.name}`.", ""]
+    said = (f"The best run, `{best.name}`, is the baseline." if base is best else
+            f"The best run, `{best.name}` (mean {_fixed(best.score('mean_dsc'), 4)}), against the baseline "
+            f"`{base.name}` (mean {_fixed(base.score('mean_dsc'), 4)}).")
+    return lines + [f"{said} Per-patient DSC, preprocessed geometry; dotted lines: each run's mean; dashed: the "
+                    f"reference program's mean under cpu-128, {REFERENCE_MEAN_DSC}.", "",
+                    f"![best run against the baseline]({rel(drawn.best_vs_baseline)})", ""]
+
+
 def _cases_section(best: RunRecord, cases: list, rel) -> list[str]:
     lines = [f"## Best and worst validation case of the best run (`{best.name}`)", ""]
     if not cases:
-        lines += [f"No overlays: evaluate the run first with `python evaluate.py --model {best.path}` "
-                  f"(writes {best.path / EVAL_DIR}/overlays/).", ""]
-        return lines
+        if best.flat:
+            return lines + [f"No overlays in {best.path / 'overlays'}: copy the best and worst case's "
+                            "`<patient>_montage.png` from the run's eval/overlays/ there "
+                            "(scripts/campaign.sh does).", ""]
+        return lines + [f"No overlays: evaluate the run first with `python evaluate.py --model {best.path}` "
+                        f"(writes {best.path / EVAL_DIR}/overlays/).", ""]
     lines += ["FLAIR channel of the 6 slices with the largest tumour; prediction outlined in red, ground truth in "
               "green (native geometry).", ""]
     for label, patient, dsc, png in cases:
@@ -257,23 +578,29 @@ def _reproduce(run: RunRecord) -> list[str]:
     lines += ["```", command, "```"] if command else ["Training command: —"]
     recorded = (run.summary or {}).get("command")
     label = "Evaluation:" if recorded else "Evaluate with:"
-    lines += ["", label, "", "```", recorded or f"python evaluate.py --model {run.path}", "```", ""]
+    model = run.config.get("logdir") if run.flat and run.config.get("logdir") else run.path
+    lines += ["", label, "", "```", recorded or f"python evaluate.py --model {model}", "```", ""]
     if machine:
-        lines += [f"Trained on: {machine.get('cpu', DASH)}, {machine.get('cpu_count', DASH)} cores, GPUs "
+        lines += [f"Trained on: {_cpu(run)}, {machine.get('cpu_count', DASH)} cores, GPUs "
                   f"{machine.get('gpus') or 'none'}; TensorFlow {machine.get('tensorflow', DASH)}, "
-                  f"Keras {machine.get('keras', DASH)}.", ""]
+                  f"Keras {machine.get('keras', DASH)}; code {_code(run)}.", ""]
     return lines
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfseg.report", description="Markdown report comparing "
-                                     "training runs (and their RUN_DIR/eval evaluations); figures go to "
-                                     "figures/ beside the report.")
-    parser.add_argument("runs", nargs="+", help="training run folders")
+                                     "training runs (live run folders with RUN_DIR/eval, or flat results "
+                                     "folders); figures go to figures/ beside the report.")
+    parser.add_argument("runs", nargs="+",
+                        help="run folders (runs/<name>) or results folders (results/<budget>/<name>)")
     parser.add_argument("-o", "--output", default="REPORT.md", help="the Markdown file to write")
+    parser.add_argument("--title", default=DEFAULT_TITLE, help="the report's heading")
+    parser.add_argument("--notes", metavar="FILE", help="hand-written Markdown inserted verbatim after the tables")
+    parser.add_argument("--baseline", metavar="NAME", help="the run the best run is compared with per patient "
+                        f"(default: a run whose name contains '{BASELINE_MARK}')")
     args = parser.parse_args(argv)
     try:
-        path = build_report(args.runs, args.output)
+        path = build_report(args.runs, args.output, title=args.title, notes=args.notes, baseline=args.baseline)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -202,3 +202,86 @@ def dsc_comparison_chart(dsc_by_run: dict[str, dict[str, float]], title: str = "
               ncol=min(2, max(1, len(dsc_by_run))))
     fig.tight_layout()
     return fig
+
+
+def time_to_accuracy_chart(curves: dict[str, dict], reference: dict | None = None,
+                           title: str = "validation mean DSC by epoch"):
+    """Validation DSC against cumulative training minutes (left) and images seen (right).
+
+    curves: {label: {"minutes": [...] or None, "images": [...] or None, "dsc": [...], "estimated": bool}},
+    one point per epoch (a panel leaves out a curve whose axis is None); ``estimated`` curves are dashed.
+    reference: the same keys for the reference program, drawn in black with its best DSC as a dotted line.
+    Returns the matplotlib Figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
+    panels = (("minutes", "cumulative training time (min)", 1.0), ("images", "training images seen (thousands)", 1e3))
+    lowest = 1.0
+    for ax, (key, xlabel, scale) in zip(axes, panels):
+        for i, (label, curve) in enumerate(curves.items()):
+            if curve.get(key) is not None:
+                estimated = curve.get("estimated")
+                ax.plot(np.asarray(curve[key]) / scale, curve["dsc"], marker="o", markersize=3, alpha=0.85,
+                        color=f"C{i % 10}", label=label + (" (x estimated)" if estimated else ""),
+                        linestyle="--" if estimated else "-")
+                lowest = min([lowest] + [v for v in curve["dsc"] if np.isfinite(v)])
+        if reference is not None:
+            ax.plot(np.asarray(reference[key]) / scale, reference["dsc"], color="black", linewidth=2.2, marker="s",
+                    markersize=4, label="reference program (PROTOCOL.md)")
+            ax.axhline(max(reference["dsc"]), color="black", linestyle=":", linewidth=1)
+            lowest = min([lowest] + list(reference["dsc"]))
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation mean per-volume DSC")
+    axes[0].set_ylim(max(0.0, lowest - 0.05), 1.0)
+    legend = {}  # a curve may be missing from one panel: take every label once
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.suptitle(title)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(3, max(1, len(legend))), fontsize=8)
+    rows = -(-len(legend) // 3)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * rows, 1, 1))
+    return fig
+
+
+def dsc_patient_comparison(dsc_by_run: dict[str, dict[str, float]], lines: dict[str, float] | None = None,
+                           title: str = "validation DSC per patient"):
+    """Per-patient DSC of a few runs side by side (one marker per run and patient), with horizontal lines.
+
+    dsc_by_run: {run label: {patient: DSC}}; patients go along x, sorted by their mean over runs (a patient a
+    run lacks gets no marker). lines: {label: DSC}, e.g. {"reference program mean 0.894": 0.894}, dashed.
+    Each run's own mean is a dotted line in its colour. The DSC axis starts just below the lowest value, so
+    differences of a hundredth stay visible. Returns the matplotlib Figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    patients = sorted({p for scores in dsc_by_run.values() for p in scores},
+                      key=lambda p: (np.mean([s[p] for s in dsc_by_run.values() if p in s]), p))
+    offset = 0.5 / max(1, len(dsc_by_run))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(patients) + 3), 6.0))
+    for k, (run, scores) in enumerate(dsc_by_run.items()):
+        x = [i + (k - (len(dsc_by_run) - 1) / 2) * offset for i, p in enumerate(patients) if p in scores]
+        mean = float(np.mean(list(scores.values())))
+        ax.plot(x, [scores[p] for p in patients if p in scores], linestyle="none", marker="os^Dv"[k % 5],
+                markersize=8, color=f"C{k % 10}", label=f"{run} (mean {mean:.3f})")
+        ax.axhline(mean, color=f"C{k % 10}", linestyle=":", linewidth=1.2)
+    for i, (label, value) in enumerate((lines or {}).items()):
+        ax.axhline(value, color=("black", "dimgrey")[i % 2], linestyle="--", linewidth=1.5, label=label)
+    values = [v for scores in dsc_by_run.values() for v in scores.values()] + list((lines or {}).values())
+    ax.set_ylim(max(0.0, np.floor((min(values) - 0.02) * 20) / 20), 1.0)
+    ax.set_xticks(range(len(patients)), patients, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("DSC")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8)
+    rows = -(-(len(dsc_by_run) + len(lines or {})) // 2)
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows, 1, 1))
+    return fig

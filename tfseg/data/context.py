@@ -51,6 +51,21 @@ def stack_context(volume, context: int):
     return gather_stacks(volume, index)
 
 
+def centre_channels(context: int, inner: int, channels: int = 3) -> tuple[int, int]:
+    """Channel range ``[start, stop)`` of the ``inner``-slice stack inside a ``context``-slice stack.
+
+    Both stacks clamp at the volume's ends the same way, so for every slice
+    ``stack_context(v, context)[..., start:stop] == stack_context(v, inner)``: an ensemble
+    stacks once at its widest member's context and hands each member the centre it was
+    trained on. ``channels`` per slice (3 for kaggle_3m). Raises ValueError if ``inner > context``.
+    """
+    check_context(context), check_context(inner)
+    if inner > context:
+        raise ValueError(f"a {inner}-slice stack does not fit inside a {context}-slice stack")
+    start = channels * (context // 2 - inner // 2)
+    return start, start + channels * inner
+
+
 def gather_stacks(images, index):
     """images (N, H, W, C), index (B, K) rows -> (B, H, W, K·C): the K images of each row side by side."""
     stacks = tf.gather(images, index)  # (B, K, H, W, C)
