@@ -21,6 +21,17 @@ collect() {  # run folder -> results/cpu-128/<name>
   cp "$run/config.json" "$run/metrics.json" "$run/history.csv" "$out/"
   if [ -f "$run/eval/summary.json" ]; then
     cp "$run/eval/summary.json" "$run/eval/per_patient.csv" "$run/eval/dsc.png" "$out/"
+    # Overlays of the best and the worst validation case only (the report shows them; all ten would be MBs).
+    mkdir -p "$out/overlays"
+    python - "$run/eval" "$out/overlays" <<'PY'
+import csv, shutil, sys
+from pathlib import Path
+rows = sorted(csv.DictReader(open(Path(sys.argv[1]) / "per_patient.csv")), key=lambda r: float(r["dsc_pre"]))
+for row in {rows[0]["patient"]: rows[0], rows[-1]["patient"]: rows[-1]}.values():
+    source = Path(sys.argv[1]) / "overlays" / f"{row['patient']}_montage.png"
+    if source.is_file():
+        shutil.copyfile(source, Path(sys.argv[2]) / source.name)
+PY
   fi
 }
 

@@ -88,3 +88,14 @@ def test_a_full_set_whose_default_split_is_not_the_protocols_is_an_error():
     # Other splits of the same names are not the protocol's and are allowed.
     assert len(split_patients(fake, 12)[1]) == 12
     assert len(split_patients(fake, fold=0, folds=5)[1]) == 22
+
+
+def test_stratified_folds_partition_the_patients_and_share_out_each_label():
+    names = [f"TCGA_XX_{i:04d}_20000101" for i in range(23)]
+    has_tumour = {n: i % 3 != 0 for i, n in enumerate(names)}  # 8 without tumour, 15 with
+    folds = [split_patients(names, fold=k, folds=5, strata=has_tumour)[1] for k in range(5)]
+    assert sorted(n for f in folds for n in f) == sorted(names)
+    assert {len(f) for f in folds} <= {4, 5}
+    for fold in folds:
+        assert sum(not has_tumour[n] for n in fold) in (1, 2)
+    assert folds == [split_patients(names, fold=k, folds=5, strata=has_tumour)[1] for k in range(5)]

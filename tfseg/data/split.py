@@ -14,19 +14,23 @@ PROTOCOL_VALIDATION = frozenset({
 
 
 def split_patients(patients, val_cases: int = DEFAULT_VAL_CASES, fold: int | None = None,
-                   folds: int | None = None, seed: int = VAL_SEED) -> tuple[list[str], list[str]]:
+                   folds: int | None = None, seed: int = VAL_SEED,
+                   strata: dict[str, object] | None = None) -> tuple[list[str], list[str]]:
     """Split patient names into (train, validation), both sorted.
 
     Default: the reference rule ``random.seed(42); random.sample(sorted(patients), k=val_cases)``
     (on the full kaggle_3m set it gives PROTOCOL.md's 10 validation patients).
     With ``fold=k, folds=K``: the sorted patients shuffled under ``seed`` and dealt
     into K near-equal folds; fold k is validation. Folds partition the patients.
+    ``strata`` (patient -> label, e.g. whether it has tumour) makes the folds stratified:
+    each label's patients are shuffled and dealt on in turn, so every fold gets its share
+    of each label and the fold sizes still differ by at most one.
     """
     names = sorted(set(patients))
     if (fold is None) != (folds is None):
         raise ValueError("--fold and --folds go together: give both (e.g. --fold 0 --folds 5) or neither")
     if folds is not None:
-        return _kfold(names, fold, folds, seed)
+        return _kfold(names, fold, folds, seed, strata)
     if not 1 <= val_cases < len(names):
         raise ValueError(f"cannot hold out {val_cases} validation patients from {len(names)} patients: "
                          f"at least one must remain for training; use a smaller --val-cases "
@@ -46,12 +50,22 @@ def _check_protocol_split(names: list[str], val: list[str], val_cases: int, seed
             "restore the data set unchanged (python ../shared/lgg/restore.py or the Kaggle download).")
 
 
-def _kfold(names: list[str], fold: int, folds: int, seed: int) -> tuple[list[str], list[str]]:
+def _kfold(names: list[str], fold: int, folds: int, seed: int,
+           strata: dict[str, object] | None = None) -> tuple[list[str], list[str]]:
     if folds < 2 or folds > len(names):
         raise ValueError(f"--folds must be between 2 and the number of patients ({len(names)}), got {folds}")
     if not 0 <= fold < folds:
         raise ValueError(f"--fold must be in 0..{folds - 1}, got {fold}")
-    order = list(names)
-    random.Random(seed).shuffle(order)
+    rng = random.Random(seed)
+    if strata is None:
+        order = list(names)
+        rng.shuffle(order)
+    else:
+        # One stratum after another, each shuffled; dealing continues round-robin across them.
+        order = []
+        for label in sorted({str(strata[n]) for n in names}):
+            group = [n for n in names if str(strata[n]) == label]
+            rng.shuffle(group)
+            order += group
     val = set(order[fold::folds])
     return [n for n in names if n not in val], sorted(val)

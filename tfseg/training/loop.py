@@ -132,7 +132,10 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
     folder = resolve_tfrecords(config)
     manifest = read_manifest(folder)
     try:
-        train_names, val_names = split_patients(manifest["patients"], config.val_cases, config.fold, config.folds)
+        # Cross-validation folds are stratified by whether a patient has tumour (the manifest knows).
+        strata = {name: int(info.get("tumor_pixels", 0)) > 0 for name, info in manifest["patients"].items()}
+        train_names, val_names = split_patients(manifest["patients"], config.val_cases, config.fold, config.folds,
+                                                strata=strata if config.folds else None)
     except ValueError as err:
         raise DataError(f"{folder}: {err}") from err
     started = time.perf_counter()
