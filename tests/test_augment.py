@@ -213,3 +213,94 @@ def test_get_config_round_trip():
     assert isinstance(rebuilt, Augment) and rebuilt.config == config
     images, masks = smooth_batch(batch=2)
     np.testing.assert_array_equal(as_numpy(augment(images, masks))[0], as_numpy(rebuilt(images, masks))[0])
+
+
+# ----------------------------------------------------------------------------
+# Scan variation: sequence dropout (a missing sequence replaced by FLAIR) and noise
+# ----------------------------------------------------------------------------
+
+OFF = dict(scale=0.0, rotation=0.0, flip=0.0)
+
+
+def distinct_channels(batch=64, channels=3, seed=0):
+    """Standardized-looking images whose every channel differs from every other, and their masks."""
+    images = np.random.default_rng(seed).normal(size=(batch, 16, 16, channels)).astype("float32")
+    return images, (images[..., :1] > 0.5).astype("float32")
+
+
+def test_scan_variation_components_are_off_by_default_and_round_trip_through_a_dict():
+    assert (AugmentConfig().noise, AugmentConfig().sequence_dropout) == (0.0, 0.0)
+    config = AugmentConfig(noise=0.1, sequence_dropout=0.3)
+    assert AugmentConfig.from_dict(config.to_dict()) == config
+    assert config.intensity and not AugmentConfig(sequence_dropout=0.3).intensity
+
+
+@pytest.mark.parametrize("bad", [{"sequence_dropout": 1.5}, {"sequence_dropout": -0.1}, {"noise": -1.0}])
+def test_config_rejects_a_sequence_dropout_outside_0_1_and_negative_noise(bad):
+    with pytest.raises(ValueError):
+        AugmentConfig(**bad)
+
+
+def test_sequence_dropout_of_1_replaces_pre_post_or_both_by_flair_in_every_sample_and_leaves_masks():
+    images, masks = distinct_channels()
+    out, out_masks = as_numpy(Augment(AugmentConfig(**OFF, sequence_dropout=1.0), seed=0)(images, masks))
+    np.testing.assert_array_equal(out_masks, masks)
+    np.testing.assert_array_equal(out[..., 1], images[..., 1])  # FLAIR itself is kept
+    pre_replaced = (out[..., 0] == images[..., 1]).all(axis=(1, 2))
+    post_replaced = (out[..., 2] == images[..., 1]).all(axis=(1, 2))
+    pre_kept = (out[..., 0] == images[..., 0]).all(axis=(1, 2))
+    post_kept = (out[..., 2] == images[..., 2]).all(axis=(1, 2))
+    assert ((pre_replaced | pre_kept) & (post_replaced | post_kept)).all()  # whole channels, nothing else
+    assert (pre_replaced | post_replaced).all()
+    kinds = {(bool(a), bool(b)) for a, b in zip(pre_replaced, post_replaced)}
+    assert kinds == {(True, False), (False, True), (True, True)}  # all three choices occur in 64 samples
+
+
+def test_sequence_dropout_of_0_changes_nothing():
+    images, masks = distinct_channels()
+    out, out_masks = as_numpy(Augment(AugmentConfig(**OFF, sequence_dropout=0.0), seed=0)(images, masks))
+    np.testing.assert_array_equal(out, images)
+    np.testing.assert_array_equal(out_masks, masks)
+
+
+def test_sequence_dropout_replaces_about_the_given_share_of_samples():
+    images, masks = distinct_channels(batch=400)
+    out, _ = as_numpy(Augment(AugmentConfig(**OFF, sequence_dropout=0.25), seed=1)(images, masks))
+    changed = (out != images).any(axis=(1, 2, 3)).mean()
+    assert 0.18 < changed < 0.32
+
+
+def test_sequence_dropout_of_a_context_model_makes_the_same_choice_in_every_stack():
+    images, masks = distinct_channels(channels=9)  # --context 3: 3 stacks of pre, FLAIR, post
+    out, _ = as_numpy(Augment(AugmentConfig(**OFF, sequence_dropout=1.0), seed=0)(images, masks))
+    for sequence in (0, 2):
+        replaced = np.stack([(out[..., 3 * k + sequence] == images[..., 3 * k + 1]).all(axis=(1, 2))
+                             for k in range(3)])
+        kept = np.stack([(out[..., 3 * k + sequence] == images[..., 3 * k + sequence]).all(axis=(1, 2))
+                         for k in range(3)])
+        assert (replaced.all(axis=0) | kept.all(axis=0)).all()
+    np.testing.assert_array_equal(out[..., 1::3], images[..., 1::3])
+
+
+def test_sequence_dropout_needs_channels_in_stacks_of_three():
+    images, masks = distinct_channels(channels=4)
+    with pytest.raises(ValueError, match="3·K channels"):
+        Augment(AugmentConfig(**OFF, sequence_dropout=0.5), seed=0)(images, masks)
+
+
+def test_noise_adds_unbiased_gaussian_noise_of_the_given_standard_deviation_to_the_image_only():
+    images, masks = distinct_channels()
+    out, out_masks = as_numpy(Augment(AugmentConfig(**OFF, noise=0.2), seed=0)(images, masks))
+    np.testing.assert_array_equal(out_masks, masks)
+    difference = out - images
+    assert difference.std() == pytest.approx(0.2, rel=0.03)
+    assert abs(difference.mean()) < 0.01
+
+
+def test_noise_and_sequence_dropout_compile_with_xla():
+    images, masks = distinct_channels(batch=8)
+    augment = Augment(AugmentConfig(noise=0.1, sequence_dropout=0.5), seed=0)
+    step = tf.function(lambda x, y: augment(x, y, training=True), jit_compile=True)
+    out_images, out_masks = as_numpy(step(images, masks))
+    assert out_images.shape == images.shape and np.all(np.isfinite(out_images))
+    assert set(np.unique(out_masks)) <= {0.0, 1.0}

@@ -368,3 +368,19 @@ def test_mixed_float16_checkpoints_hold_the_loss_scale_so_resume_is_exact():
     optimizer.step_counter.assign(0)
     tf.train.Checkpoint(optimizer=optimizer).read(path).assert_existing_objects_matched()
     assert float(optimizer.dynamic_scale.numpy()) == 1234.0 and int(optimizer.step_counter.numpy()) == 7
+
+
+def test_robustness_augmentation_flags_reach_the_config_and_the_recorded_command():
+    from tfseg.training.loop import _flags
+
+    config, _, _ = config_from_args(["--aug-noise", "0.1", "--aug-sequence-dropout", "0.3"])
+    assert config.augment["noise"] == 0.1 and config.augment["sequence_dropout"] == 0.3
+    command = _flags(config)
+    assert "--aug-noise 0.1" in command and "--aug-sequence-dropout 0.3" in command
+    assert config_from_args(command.split())[0].augment == config.augment
+
+
+def test_an_out_of_range_augmentation_flag_is_rejected_naming_it(capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--aug-sequence-dropout", "1.5"])
+    assert "sequence_dropout" in capsys.readouterr().err

@@ -12,7 +12,12 @@ it runs under any backend, inside a `tf.function` train step and under
   points that come from outside the image are filled with 0 (as the reference
   does, on standardized images). The warp (`affine_warp`) gives the same result
   as `keras.ops.image.affine_transform` but also compiles under XLA.
-- intensity (image only, off by default): brightness, contrast, gamma.
+- intensity (image only, off by default): brightness, contrast, gamma and
+  additive Gaussian noise.
+- sequence dropout (image only, off by default): the pre-contrast or the
+  post-contrast channel (or both) replaced by the FLAIR channel, as kaggle_3m
+  does for the patients whose sequence was not acquired (see
+  `tfseg.robustness`, which measures what a model loses on such scans).
 
 Typical use, in a custom train step::
 
@@ -48,6 +53,16 @@ class AugmentConfig:
             applied to a copy min-max rescaled to [0, 1] per image and channel,
             and the result is mapped back to the original [min, max]; the
             minimum and maximum of every channel are kept.
+        noise: adds independent Gaussian noise of this standard deviation to
+            every pixel and channel, in the units of the (standardized) image.
+        sequence_dropout: probability per sample of replacing a sequence by
+            FLAIR: then, with equal chance, the pre-contrast channel, the
+            post-contrast channel or both become copies of the FLAIR channel.
+            Images are standardized per channel over the volume, so this copies
+            the standardized FLAIR, which is what the preprocessing makes of a
+            kaggle_3m volume whose missing sequence was filled with FLAIR.
+            With a 2.5-D input (3·K channels, K stacks of pre, FLAIR, post) the
+            same choice is applied in every stack.
     """
 
     scale: float = 0.05
@@ -56,14 +71,17 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     gamma: float = 0.0
+    noise: float = 0.0
+    sequence_dropout: float = 0.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"AugmentConfig.{field.name} must be a number >= 0, got {value!r}")
-        if self.flip > 1:
-            raise ValueError(f"AugmentConfig.flip is a probability in [0, 1], got {self.flip!r}")
+        for name in ("flip", "sequence_dropout"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"AugmentConfig.{name} is a probability in [0, 1], got {getattr(self, name)!r}")
         if self.scale >= 1 or self.contrast >= 1:
             raise ValueError(
                 f"AugmentConfig.scale and .contrast must be < 1 (factors are drawn from U(1 - x, 1 + x)), "
@@ -77,7 +95,7 @@ class AugmentConfig:
     @property
     def intensity(self) -> bool:
         """Whether any intensity component is on."""
-        return bool(self.brightness or self.contrast or self.gamma)
+        return bool(self.brightness or self.contrast or self.gamma or self.noise)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -179,7 +197,7 @@ class Augment(keras.layers.Layer):
         self._build_at_init()
 
     def call(self, images, masks, training=True):
-        if not training or not (self.config.geometric or self.config.intensity):
+        if not training or not (self.config.geometric or self.config.intensity or self.config.sequence_dropout):
             return images, masks
         image_dtype, mask_dtype = images.dtype, masks.dtype
         x = ops.cast(images, "float32")
@@ -187,6 +205,9 @@ class Augment(keras.layers.Layer):
         # Intensity first, so the area filled by the geometric transform stays exactly 0.
         if self.config.intensity:
             x = self._intensity(x)
+        # After the noise, so that a copied channel carries FLAIR's noise, as in kaggle_3m.
+        if self.config.sequence_dropout:
+            x = self._drop_sequences(x)
         if self.config.geometric:
             transform = self._affine_transforms(ops.shape(x))
             x = affine_warp(x, transform, interpolation="bilinear")
@@ -235,7 +256,7 @@ class Augment(keras.layers.Layer):
         return ops.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
 
     def _intensity(self, x):
-        """Brightness, contrast and gamma on a (B, H, W, C) float32 batch."""
+        """Brightness, contrast, gamma and noise on a (B, H, W, C) float32 batch."""
         cfg = self.config
         batch = ops.shape(x)[0]
 
@@ -254,7 +275,28 @@ class Augment(keras.layers.Layer):
             x = mean + (x - mean) * factor
         if cfg.brightness:
             x = x + per_sample(self._uniform(batch, -cfg.brightness, cfg.brightness))
+        if cfg.noise:
+            x = x + cfg.noise * keras.random.normal(ops.shape(x), dtype="float32", seed=self.seed_generator)
         return x
+
+    def _drop_sequences(self, x):
+        """Replace pre-contrast, post-contrast or both by FLAIR in a ``sequence_dropout`` share of a
+        (B, H, W, 3·K) float32 batch (channels: K stacks of pre, FLAIR, post)."""
+        channels = x.shape[-1]
+        if channels is None or channels % 3:
+            raise ValueError(f"sequence_dropout needs 3·K channels (stacks of pre-contrast, FLAIR, post-contrast), "
+                             f"got a batch of shape {tuple(x.shape)}")
+        batch = ops.shape(x)[0]
+        drop = self._uniform(batch, 0.0, 1.0) < self.config.sequence_dropout
+        which = self._uniform(batch, 0.0, 3.0)  # [0, 1): pre, [1, 2): post, [2, 3): both
+        drop_pre = drop & ((which < 1.0) | (which >= 2.0))
+        drop_post = drop & (which >= 1.0)
+        is_pre = ops.convert_to_tensor([1.0, 0.0, 0.0] * (channels // 3))
+        is_post = ops.convert_to_tensor([0.0, 0.0, 1.0] * (channels // 3))
+        replace = (ops.cast(drop_pre, "float32")[:, None] * is_pre +
+                   ops.cast(drop_post, "float32")[:, None] * is_post)  # (B, 3·K): 1 where FLAIR goes
+        flair = ops.repeat(x[..., 1::3], 3, axis=-1)  # each stack's FLAIR in all three of its places
+        return ops.where(replace[:, None, None, :] > 0, flair, x)
 
     def compute_output_spec(self, images, masks, training=True):
         return (keras.KerasTensor(images.shape, dtype=images.dtype),

@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aug-brightness", type=float, default=aug.brightness, help="brightness shift ±")
     g.add_argument("--aug-contrast", type=float, default=aug.contrast, help="contrast factor ±fraction")
     g.add_argument("--aug-gamma", type=float, default=aug.gamma, help="gamma ±fraction")
+    g.add_argument("--aug-noise", type=float, default=aug.noise, help="additive Gaussian noise std (normalized units)")
+    g.add_argument("--aug-sequence-dropout", type=float, default=aug.sequence_dropout,
+                   help="probability per sample of replacing pre-contrast, post-contrast or both by FLAIR "
+                        "(as kaggle_3m does for missing sequences)")
     g.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
     return p
 
@@ -138,8 +142,12 @@ def config_from_args(argv=None) -> tuple[TrainConfig, str | None, dict]:
     values = {k: v for k, v in vars(args).items() if not k.startswith("aug_") and k not in ("resume", "no_augment")}
     if args.preset:
         values.update({k: v for k, v in PRESETS[args.preset].items() if k not in explicit})
-    augment = AugmentConfig(scale=args.aug_scale, rotation=args.aug_rotation, flip=args.aug_flip,
-                            brightness=args.aug_brightness, contrast=args.aug_contrast, gamma=args.aug_gamma)
+    try:
+        augment = AugmentConfig(scale=args.aug_scale, rotation=args.aug_rotation, flip=args.aug_flip,
+                                brightness=args.aug_brightness, contrast=args.aug_contrast, gamma=args.aug_gamma,
+                                noise=args.aug_noise, sequence_dropout=args.aug_sequence_dropout)
+    except ValueError as err:
+        parser.error(f"augmentation flags: {err}")
     if args.no_augment:
         augment = AugmentConfig(scale=0.0, rotation=0.0, flip=0.0)
     values["augment"] = augment.to_dict()

@@ -240,7 +240,7 @@ def _flags(config: TrainConfig) -> str:
         flag = "--" + key.replace("_", "-")
         parts.append(flag if value is True else f"{flag} {value}")
     aug = config.augment
-    parts += [f"--aug-{k} {aug[k]}" for k in ("scale", "rotation", "flip", "brightness", "contrast", "gamma")]
+    parts += [f"--aug-{k.replace('_', '-')} {v}" for k, v in aug.items()]
     return " ".join(parts)
 
 
