@@ -316,25 +316,32 @@ def test_ema_validates_with_the_average_and_checkpoints_the_raw_weights(packed_p
     assert any(np.array_equal(kernel, a) for a in slots), "best.keras is not the optimizer's average"
 
 
-def test_ema_swap_restores_the_raw_weights_exactly():
+def test_ema_swap_loads_the_average_with_its_own_batchnorm_statistics_and_restores_everything():
     from tfseg.training.callbacks import EmaSwap
 
-    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="dense"),
+                            keras.layers.BatchNormalization(name="bn")])
     optimizer = keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5)
     optimizer.build(net.trainable_variables)
     rng = np.random.default_rng(0)
     for _ in range(3):  # (not fit(): it ends by overwriting the weights with the average)
         optimizer.apply([rng.normal(size=w.shape).astype("float32") for w in net.trainable_weights],
                         net.trainable_variables)
-    raw = [w.numpy().copy() for w in net.trainable_weights]
-    swap = EmaSwap(net, optimizer)
+    raw = [w.numpy().copy() for w in net.weights]
+    calibration = rng.normal(size=(64, 3)).astype("float32")
+    swap = EmaSwap(net, optimizer, calibration, batch_size=32)
     swap.swap_in()
     averages = [a.numpy() for a in optimizer._model_variables_moving_average]
-    for weight, average, r in zip(net.trainable_weights, averages, raw):
+    for weight, average in zip(net.trainable_weights, averages):
         np.testing.assert_array_equal(weight.numpy(), average)
-        assert not np.array_equal(average, r)
+    assert not np.array_equal(averages[0], raw[0])
+    # The BatchNorm statistics are those of the averaged network on the calibration images.
+    dense = net.get_layer("dense")
+    features = calibration @ dense.kernel.numpy() + dense.bias.numpy()
+    np.testing.assert_allclose(net.get_layer("bn").moving_mean.numpy(), features.mean(axis=0), rtol=1e-4, atol=1e-5)
+    assert net.get_layer("bn").momentum == 0.99
     swap.swap_out()
-    for weight, r in zip(net.trainable_weights, raw):
+    for weight, r in zip(net.weights, raw):
         np.testing.assert_array_equal(weight.numpy(), r)
 
 

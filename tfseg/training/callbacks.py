@@ -237,24 +237,31 @@ class TimeBudget(keras.callbacks.Callback):
 class EmaSwap:
     """Evaluate with the optimizer's moving average of the weights (``--ema``), train with the raw ones.
 
-    ``swap_in`` (before validation) stores the raw trainable weights and loads the
-    average; ``swap_out`` (after best.keras is saved, before the checkpoint) puts the
-    raw weights back, so checkpoints and resume hold the raw weights and the
+    ``swap_in`` (before validation) stores the raw weights, loads the average and
+    recomputes every BatchNorm layer's statistics for it on ``calibration`` (training
+    images, (M, H, W, C) float32, the network's input): the running statistics belong to
+    the raw weights, and with them an average taken early in training predicted no
+    tumour at all (the failed ``b16-onecycle1e-3-ema`` attempt, see reports/REPORT.md).
+    ``swap_out`` (after best.keras is saved, before the checkpoint) puts the raw weights
+    and statistics back, so checkpoints and resume hold the raw network and the
     optimizer holds the average.
     """
 
-    def __init__(self, net: keras.Model, optimizer):
+    def __init__(self, net: keras.Model, optimizer, calibration: np.ndarray | None = None, batch_size: int = 32):
         self.net, self.optimizer = net, optimizer
+        self.calibration, self.batch_size = calibration, batch_size
         self.raw: list | None = None
 
     def swap_in(self):
-        self.raw = [keras.ops.convert_to_numpy(v) for v in self.net.trainable_variables]
+        self.raw = [keras.ops.convert_to_numpy(v) for v in self.net.weights]
         for variable, average in zip(self.net.trainable_variables, self.optimizer._model_variables_moving_average):
             variable.assign(average)
+        if self.calibration is not None:
+            recompute_batchnorm_statistics(self.net, self.calibration, self.batch_size)
 
     def swap_out(self):
         if self.raw is not None:
-            for variable, value in zip(self.net.trainable_variables, self.raw):
+            for variable, value in zip(self.net.weights, self.raw):
                 variable.assign(value)
             self.raw = None
 
@@ -262,6 +269,40 @@ class EmaSwap:
         """(swap-in callback: put first in the list, swap-out callback: put after BestModel)."""
         return (keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.swap_in()),
                 keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.swap_out()))
+
+
+def recompute_batchnorm_statistics(net: keras.Model, images: np.ndarray, batch_size: int = 32) -> int:
+    """Set every BatchNorm layer's moving mean and variance to their mean over ``images`` (as SWA does).
+
+    images: (M, H, W, C) float, the network's input. Forward passes in training mode with the
+    momentum of batch i set to i / (i + 1), so the moving statistics become the plain average of
+    the batch statistics. Only the BatchNorm statistics change. Returns the batches used.
+    """
+    layers = [layer for layer in _all_layers(net) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers or len(images) == 0:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    trainable = [keras.ops.convert_to_numpy(v) for v in net.trainable_variables]
+    batches = 0
+    try:
+        for start in range(0, len(images), batch_size):
+            for layer in layers:
+                layer.momentum = batches / (batches + 1.0)
+            net(np.asarray(images[start:start + batch_size], np.float32), training=True)
+            batches += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    for variable, value in zip(net.trainable_variables, trainable):  # a forward pass never changes them; be sure
+        variable.assign(value)
+    return batches
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def save_history_csv(path: Path, history: list[dict]) -> None:

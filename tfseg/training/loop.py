@@ -176,7 +176,8 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
     best = cb.BestModel(run_dir / "best.keras", infer, validation, state)
     guard = cb.NonFiniteGuard()
     budget = cb.TimeBudget(config.time_budget_minutes, clock, state, schedule, steps)
-    ema_in, ema_out = cb.EmaSwap(net, optimizer).callbacks() if config.ema else (None, None)
+    ema_in, ema_out = (cb.EmaSwap(net, optimizer, _calibration_images(train_ds)).callbacks() if config.ema
+                       else (None, None))
     # Order matters: the EMA weights are in place for validation and best.keras, the raw ones
     # are back before the checkpoint; the budget plans before the state is written.
     callbacks = [ema_in, validation,
@@ -203,6 +204,17 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
         export_run(run_dir)
     print(f"best validation mean DSC: {metrics['best_val_volume_dsc']:.4f} (epoch {metrics['best_epoch']})")
     return metrics
+
+
+# Training slices on which the BatchNorm statistics of the averaged (--ema) weights are recomputed.
+EMA_CALIBRATION_BATCHES = 16
+
+
+def _calibration_images(train_ds) -> "np.ndarray":
+    """A fixed sample of (unaugmented) training inputs: the first batches of the training stream."""
+    import numpy as np
+
+    return np.concatenate([image.numpy() for image, _ in train_ds.take(EMA_CALIBRATION_BATCHES)])
 
 
 def _verbosity() -> int:
