@@ -40,3 +40,14 @@ def packed_phantom_dir(phantom_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("packed") / "tfrecords64"
     pack(phantom_dir, out, image_size=64, workers=1, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Tests that call train() set the global dtype policy (``auto`` is mixed_bfloat16 on bf16 CPUs);
+    reset it so that a later test's models are not silently built in bfloat16."""
+    yield
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
