@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from tfseg.data.kaggle import read_patient, scan_folder
+from tfseg.data.kaggle import DataError, PatientVolume, read_patient, scan_folder
 from tfseg.data.preprocess import preprocess_volume
 from tfseg.data.split import split_patients
-from tfseg.evaluation import EvalOptions, ModelLoadError, evaluate, load_model
+from tfseg.evaluation import EvalOptions, ModelLoadError, evaluate, evaluate_patient, load_model
 from tfseg.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +103,17 @@ def test_tta_averages_the_flipped_prediction(box_dir, tmp_path):
     summary = evaluate(box_dir, predict, BOX_SIZE, tmp_path, options=EvalOptions(tta=True), progress=False,
                        overlays=False)
     assert summary["mean_dsc"] == 0.0 and summary["options"]["tta"] is True
+
+
+def test_a_patient_of_constant_intensity_is_a_data_error_naming_it():
+    volume = PatientVolume("TCGA_FL_0001_20000101", np.full((6, 256, 256, 3), 100, np.uint8),
+                           np.zeros((6, 256, 256), np.uint8))
+
+    def must_not_predict(batch):
+        raise AssertionError("a volume that cannot be normalized reached the model")
+
+    with pytest.raises(DataError, match="TCGA_FL_0001_20000101: the image volume has constant intensity"):
+        evaluate_patient(volume, must_not_predict, 64)
 
 
 # ----------------------------------------------------------------------------

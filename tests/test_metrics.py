@@ -2,12 +2,11 @@
 import math
 
 import keras
-import medpy.filter.binary
 import numpy as np
 import pytest
 
-from tfseg.metrics import (DiceCoefficient, group_by_patient, largest_connected_component,
-                           per_volume_dsc, postprocess_volume, summarize, volume_dsc, volume_scores)
+import tfseg.postprocess
+from tfseg.metrics import DiceCoefficient, group_by_patient, per_volume_dsc, summarize, volume_dsc, volume_scores
 
 
 def _cube(shape=(8, 16, 16), start=(2, 4, 4), size=4):
@@ -68,55 +67,6 @@ def test_volume_scores_are_nan_where_undefined():
     assert all(math.isnan(both_empty[k]) for k in ("hd95", "sensitivity", "precision"))
 
 
-# --- postprocess_volume ----------------------------------------------------------
-
-def test_postprocess_thresholds_strictly_above_the_threshold():
-    probabilities = np.array([0.2, 0.5, 0.51, 0.9], np.float32).reshape(1, 1, 4)
-    mask = postprocess_volume(probabilities, largest_component=False)
-    assert mask.dtype == bool
-    assert mask.tolist() == [[[False, False, True, True]]]
-
-
-def test_largest_component_removes_a_small_disconnected_blob():
-    true = _cube()
-    probabilities = true.astype(np.float32) * 0.9
-    probabilities[7, 15, 15] = 0.8  # a one-voxel false positive far from the lesion
-    raw = postprocess_volume(probabilities, largest_component=False)
-    kept = postprocess_volume(probabilities)
-    assert raw.sum() == 65 and kept.sum() == 64
-    np.testing.assert_array_equal(kept, true)
-    assert volume_dsc(raw, true) == pytest.approx(128 / 129)
-    assert volume_dsc(kept, true) == 1.0
-
-
-def test_largest_component_connects_through_slices():
-    # A blob continuing into the next slice is one 3-D component, larger than a 4-voxel blob elsewhere.
-    volume = np.zeros((3, 8, 8), np.float32)
-    volume[0, 0:2, 0:2] = 1
-    volume[1, 0:2, 0:2] = 1
-    volume[1, 6:8, 6:8] = 1
-    kept = postprocess_volume(volume)
-    assert kept.sum() == 8 and kept[0].sum() == 4 and kept[1, 6:8, 6:8].sum() == 0
-
-
-def test_postprocess_of_an_empty_prediction_is_empty():
-    assert not postprocess_volume(np.full((3, 8, 8), 0.3, np.float32)).any()
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_largest_connected_component_matches_medpy(seed):
-    volume = np.random.default_rng(seed).random((4, 24, 24)) > 0.6
-    expected = medpy.filter.binary.largest_connected_component(volume)
-    np.testing.assert_array_equal(largest_connected_component(volume), expected)
-
-
-def test_largest_connected_component_breaks_ties_like_medpy():
-    volume = np.zeros((1, 5, 5), bool)
-    volume[0, 0, 0] = volume[0, 4, 4] = volume[0, 0, 4] = True  # three equal components
-    expected = medpy.filter.binary.largest_connected_component(volume)
-    np.testing.assert_array_equal(largest_connected_component(volume), expected)
-
-
 # --- per_volume_dsc / summarize ---------------------------------------------------
 
 def test_group_by_patient_keeps_first_appearance_and_slice_order():
@@ -154,6 +104,14 @@ def test_per_volume_dsc_groups_interleaved_patients_in_slice_order():
 def test_per_volume_dsc_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="patient ids"):
         per_volume_dsc(np.zeros((3, 4, 4)), np.zeros((3, 4, 4)), ["a", "b"])
+
+
+def test_the_post_processing_is_tfseg_postprocess_and_still_importable_from_metrics():
+    import tfseg.metrics
+
+    assert tfseg.metrics.postprocess_volume is tfseg.postprocess.postprocess_volume
+    assert tfseg.metrics.largest_connected_component is tfseg.postprocess.largest_connected_component
+    assert DiceCoefficient().threshold == tfseg.postprocess.THRESHOLD == 0.5
 
 
 def test_summarize_gives_mean_median_and_count():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from tfseg.data import pack as pack_module
 from tfseg.data.kaggle import DataError
@@ -206,6 +207,26 @@ def test_a_failure_while_packing_leaves_the_previous_shards_and_manifest_untouch
         pack(data, out, image_size=64, workers=1, progress=False)
     assert packed_patients == [[first.name, last.name]]
     assert contents(out) == before  # no new shard, no temporary file, same manifest
+
+
+def test_a_patient_of_constant_intensity_is_an_error_naming_it_and_writes_nothing(phantom_dir, tmp_path,
+                                                                                 in_process):
+    data, out = tmp_path / "kaggle_3m", tmp_path / "tfrecords"
+    src = patient_folders(phantom_dir)[0]
+    shutil.copytree(src, data / src.name)
+    for path in (data / src.name).glob("*[0-9].tif"):
+        tifffile.imwrite(path, np.full((256, 256, 3), 100, np.uint8), photometric="rgb")
+    with pytest.raises(DataError, match=f"{src.name}: the image volume has constant intensity"):
+        pack(data, out, image_size=64, workers=1, progress=False)
+    assert list(out.iterdir()) == []
+
+
+def test_the_packing_parent_process_does_not_load_tensorflow():
+    """Only the workers preprocess; TensorFlow takes seconds to import, so the parent leaves it alone."""
+    code = "import sys, tfseg.data.pack; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_pack_command_on_a_broken_folder_exits_nonzero_with_the_error_and_writes_nothing(phantom_dir, tmp_path):

@@ -7,14 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from skimage.transform import resize
 
 from tfseg import export
-from tfseg.data import preprocess_graph
 from tfseg.data.kaggle import read_patient, scan_folder
-from tfseg.data.preprocess import preprocess_volume
 from tfseg.evaluation import EvalOptions, evaluate_patient
-from tfseg.metrics import largest_connected_component, volume_dsc
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -76,11 +72,9 @@ def served_masks_match_evaluate(model, folder: Path, data: str, tmp_path: Path, 
         assert served_mask.dtype == np.uint8 and served_mask.shape == volume.mask.shape
         assert set(np.unique(served_mask)) <= {0, 255}
         expected = evaluate_patient(volume, model.predict_on_batch, SIZE, EvalOptions(context=context)).prediction
+        # One implementation (tfseg.data.preprocess, tfseg.postprocess) on both sides: the same mask.
         differing = int(np.count_nonzero((served_mask > 0) != expected))
-        # Same float32 network input and float64 inverse resize: identical in practice; allow a handful of
-        # voxels whose probability sits within float rounding of 0.5.
-        assert differing <= 5, f"{volume.patient}: {differing} voxels differ"
-        assert volume_dsc(served_mask > 0, expected) >= 0.99
+        assert differing == 0, f"{volume.patient}: {differing} voxels differ"
         predicted += int(expected.sum())
     assert predicted > 0, "the stand-in predicted nothing: the comparison would be vacuous"
 
@@ -89,8 +83,8 @@ def test_segment_volume_in_a_fresh_process_matches_evaluate_on_the_phantom(serve
     served_masks_match_evaluate(*served, phantom_dir, tmp_path)
 
 
-def test_segment_volume_in_a_fresh_process_matches_evaluate_on_a_real_patient(served, real_data_dir, tmp_path):
-    served_masks_match_evaluate(*served, real_data_dir, tmp_path, patients=1)
+def test_segment_volume_in_a_fresh_process_matches_evaluate_on_real_patients(served, real_data_dir, tmp_path):
+    served_masks_match_evaluate(*served, real_data_dir, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -116,59 +110,9 @@ def test_segment_volume_of_a_context_model_matches_evaluate_on_a_real_patient(se
     (np.ones((2, 256, 256, 3), np.uint8), "at least 3 slices"),
     (np.zeros((5, 256, 256, 3), np.uint8), "all zeros"),
     (np.ones((5, 256, 256, 3), np.float32), "uint8"),
+    (np.full((5, 256, 256, 3), 100, np.uint8), "segment_volume: the image volume has constant intensity"),
 ])
 def test_invalid_input_fails_with_a_clear_message(served, slices, message):
     segment = tf.saved_model.load(str(served[1])).signatures["segment_volume"]
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         segment(slices=tf.constant(slices))
-
-
-# ----------------------------------------------------------------------------
-# The graph pieces against the numpy/scipy/skimage implementation they replace.
-# ----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("size_in, size_out", [(57, 64), (173, 128), (256, 128), (201, 256)])
-def test_resize_matrices_reproduce_skimage_resize(size_in, size_out):
-    rng = np.random.default_rng(size_in)
-    image = rng.random((size_in, size_in))
-    spline = preprocess_graph.spline2_resize_matrix(size_in, size_out).numpy()
-    expected = resize(image, (size_out, size_out), order=2, mode="constant", cval=0, anti_aliasing=False)
-    np.testing.assert_allclose(_clip(spline @ image @ spline.T, image), expected, atol=1e-12)
-    linear = preprocess_graph.linear_resize_matrix(size_out, size_in).numpy()
-    small = rng.random((size_out, size_out))
-    expected = resize(small, (size_in, size_in), order=1, mode="constant", cval=0, anti_aliasing=False)
-    np.testing.assert_allclose(_clip(linear @ small @ linear.T, small), expected, atol=1e-12)
-
-
-def _clip(output, source):
-    return preprocess_graph._clip_like_skimage(tf.constant(output), tf.constant(source)).numpy()
-
-
-def test_graph_preprocessing_equals_preprocess_volume(phantom_dir):
-    volume = read_patient(scan_folder(phantom_dir)[0])
-    image, _, geometry = preprocess_volume(volume.image, volume.mask, SIZE)
-    graph_image, graph_geometry = preprocess_graph.preprocess_graph(tf.constant(volume.image), SIZE)
-    np.testing.assert_allclose(graph_image.numpy(), image, atol=1e-5)
-    g = {k: int(v) for k, v in graph_geometry.items()}
-    assert (g["z0"], g["z1"], g["y0"], g["y1"], g["x0"], g["x1"]) == (geometry.z0, geometry.z1, geometry.y0,
-                                                                      geometry.y1, geometry.x0, geometry.x1)
-    assert ((g["pad_y0"], g["pad_y1"]), (g["pad_x0"], g["pad_x1"])) == (geometry.pad_y, geometry.pad_x)
-
-
-def test_percentile_matches_numpy_linear_interpolation():
-    values = np.random.default_rng(0).random(1001) ** 3
-    ordered = tf.sort(tf.constant(values))
-    for q in (0.0, 10.0, 37.5, 99.0, 100.0):
-        assert float(preprocess_graph.percentile_sorted(ordered, q)) == pytest.approx(np.percentile(values, q), abs=1e-15)
-
-
-def test_graph_largest_component_equals_scipy_including_ties():
-    rng = np.random.default_rng(0)
-    lcc = tf.function(preprocess_graph.largest_component_3d)
-    for _ in range(20):
-        mask = rng.random(tuple(rng.integers(1, 20, 3))) < rng.uniform(0.05, 0.7)
-        expected = largest_connected_component(mask) if mask.any() else mask
-        np.testing.assert_array_equal(lcc(tf.constant(mask)).numpy(), expected)
-    tie = np.zeros((3, 5, 5), bool)
-    tie[2, 4, 0] = tie[0, 0, 4] = True  # two single voxels: scipy keeps the first in raster order
-    np.testing.assert_array_equal(lcc(tf.constant(tie)).numpy(), largest_connected_component(tie))

@@ -6,7 +6,7 @@
 Per patient: read the .tif slices (tfseg.data.kaggle), preprocess them
 (tfseg.data.preprocess.preprocess_volume, the one implementation), predict the
 slices in batches (optionally averaged with the horizontally flipped image),
-then score in two geometries with tfseg.metrics:
+post-process (tfseg.postprocess), then score in two geometries with tfseg.metrics:
 
 * *preprocessed*: threshold + largest 3-D component of the (S', N, N)
   probabilities against the preprocessed mask (the reference's number, the headline);
@@ -55,7 +55,8 @@ from tfseg.data.preprocess import invert_volume, preprocess_volume
 from tfseg.data.records import MANIFEST, sha256_file, write_json_atomic
 from tfseg.data.split import split_patients
 from tfseg.ensemble import Ensemble, EnsembleError
-from tfseg.metrics import postprocess_volume, volume_scores
+from tfseg.metrics import volume_scores
+from tfseg.postprocess import THRESHOLD, postprocess_volume
 from tfseg.visualize import (FLAIR_CHANNEL, atomic_path, dsc_bar_charts, grid, largest_slices, save_figure,
                              save_gif, save_png, volume_overlays)
 
@@ -75,7 +76,7 @@ class ModelLoadError(ValueError):
 class EvalOptions:
     """Post-processing and prediction settings (the protocol's defaults)."""
 
-    threshold: float = 0.5
+    threshold: float = THRESHOLD
     lcc: bool = True
     tta: bool = False
     batch_size: int = 16

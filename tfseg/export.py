@@ -22,7 +22,8 @@ signatures: ``serving_default`` returns the mean of the members' probabilities a
 widest member's 3·K channels (see :mod:`tfseg.ensemble`); ``DIR/ensemble.json``
 lists the members.
 
-The in-graph preprocessing lives in :mod:`tfseg.data.preprocess_graph`.
+``segment_volume`` runs the graph functions of :mod:`tfseg.data.preprocess` and
+:mod:`tfseg.postprocess`, the same ones evaluation runs, so its mask is evaluate.py's.
 """
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ import tfseg.metrics  # noqa: F401
 import tfseg.models  # noqa: F401
 from tfseg.data.context import stack_context
 from tfseg.data.kaggle import SLICE_SHAPE
-from tfseg.data.preprocess_graph import check_slices, invert_graph, largest_component_3d, preprocess_graph
+from tfseg.data.preprocess import CONSTANT_INTENSITY, invert_graph, preprocess_graph
+from tfseg.data.protocol import MIN_SLICES
 from tfseg.data.records import write_json_atomic
 from tfseg.ensemble import Ensemble, EnsembleError, average_models
+from tfseg.postprocess import postprocess_graph
 
 # Slices per forward pass inside segment_volume: bounds the activation memory of one call.
 SLICE_BATCH = 16
@@ -99,13 +102,34 @@ def make_segment_volume(model: keras.Model, image_size: int, slice_batch: int = 
     def segment_volume(slices):
         slices = check_slices(slices)
         image, geometry = preprocess_graph(slices, image_size)
+        image = tf.debugging.assert_all_finite(image, f"segment_volume: {CONSTANT_INTENSITY}")
         image = stack_context(image, context)
         probabilities = predict_in_batches(model, image, slice_batch)
-        native = invert_graph(probabilities, geometry, tf.shape(slices)[0])
-        mask = largest_component_3d(native > 0.5)
+        mask = postprocess_graph(invert_graph(probabilities, geometry, order=1))
         return {"mask": tf.ensure_shape(tf.cast(mask, tf.uint8) * MASK_VALUE, [None, *SLICE_SHAPE])}
 
     return segment_volume
+
+
+def check_slices(slices):
+    """Fail with a readable message unless ``slices`` is uint8 (S >= 3, 256, 256, 3) with a non-zero voxel."""
+    height, width = SLICE_SHAPE
+    rank_ok = tf.debugging.assert_rank(
+        slices, 4, message=f"segment_volume: the input must be one patient volume of shape (S, {height}, {width}, 3)")
+    with tf.control_dependencies([rank_ok]):
+        shape = tf.shape(slices)
+        size_ok = tf.debugging.assert_equal(
+            shape[1:], tf.constant([height, width, 3]),
+            message=f"segment_volume: every slice must be {height}x{width}x3 uint8 (kaggle_3m .tif); got shape")
+        depth_ok = tf.debugging.assert_greater_equal(
+            shape[0], MIN_SLICES, message=f"segment_volume: a volume needs at least {MIN_SLICES} slices "
+                                          "(the first and last are dropped); got")
+    with tf.control_dependencies([size_ok, depth_ok]):
+        nonzero_ok = tf.debugging.assert_greater(
+            tf.reduce_max(slices[1:-1]), tf.constant(0, tf.uint8),
+            message="segment_volume: the volume (without its first and last slice) is all zeros; nothing to segment")
+    with tf.control_dependencies([nonzero_ok]):
+        return tf.identity(slices)
 
 
 def predict_in_batches(model: keras.Model, image, slice_batch: int):

@@ -11,16 +11,19 @@ Two different numbers, both named DSC:
   then mean (the headline) and median over patients. The training callbacks
   and `evaluate.py` both call these functions, so both report the same number.
 
-Thresholding, everywhere: a pixel is foreground when `p > threshold`. At 0.5
-this is what the reference's `np.round` does (it rounds 0.5 down to 0).
+The threshold and the largest component are :mod:`tfseg.postprocess`'s
+(`THRESHOLD`, `postprocess_volume` and `largest_connected_component` are
+importable from here too). A pixel is foreground when `p > threshold`.
 """
 import math
 
 import keras
 import numpy as np
-import scipy.ndimage
 from keras import ops
 from medpy.metric.binary import hd95 as _medpy_hd95
+
+# largest_connected_component is not used here: importable from here for older callers (tfseg.radiogenomics)
+from tfseg.postprocess import THRESHOLD, largest_connected_component, postprocess_volume  # noqa: F401
 
 
 @keras.saving.register_keras_serializable(package="tfseg")
@@ -42,7 +45,7 @@ class DiceCoefficient(keras.metrics.Metric):
         dtype: dtype of the result (the sums are always float32).
     """
 
-    def __init__(self, threshold=0.5, name="dsc", dtype=None):
+    def __init__(self, threshold=THRESHOLD, name="dsc", dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.threshold = float(threshold)
         self.intersection = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="intersection")
@@ -75,48 +78,6 @@ class DiceCoefficient(keras.metrics.Metric):
 # ----------------------------------------------------------------------------
 # Per-volume evaluation (PROTOCOL.md, "The metric"): numpy in, numpy out.
 # ----------------------------------------------------------------------------
-
-def largest_connected_component(volume):
-    """The largest connected component of a boolean volume, as a bool array of the same shape.
-
-    Gives the same result as `medpy.filter.binary.largest_connected_component`
-    (the function PROTOCOL.md names): the same `scipy.ndimage.label` with its
-    default connectivity (faces only, 6-connected in 3-D) and the same
-    tie-break (the component labelled first wins); tests check the two agree.
-    medpy measures each component with a full pass over the volume, which
-    takes about 24 s on a noisy 30x256x256 early-training prediction
-    (117,000 components); one `bincount` takes 0.1 s.
-
-    `volume` must hold at least one foreground voxel.
-    """
-    labels, n_components = scipy.ndimage.label(volume)
-    if n_components == 0:
-        raise ValueError("largest_connected_component() needs at least one foreground voxel")
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0  # background
-    return labels == int(np.argmax(sizes))
-
-
-def postprocess_volume(probabilities, threshold=0.5, largest_component=True):
-    """Binary segmentation of one patient volume, as the protocol post-processes it.
-
-    Args:
-        probabilities: (S, H, W) float, the stacked slice probabilities of one patient.
-        threshold: foreground where `probabilities > threshold`.
-        largest_component: keep only the largest 3-D connected component
-            (when any voxel is foreground).
-
-    Returns:
-        (S, H, W) bool.
-    """
-    probabilities = np.asarray(probabilities)
-    if probabilities.ndim != 3:
-        raise ValueError(f"postprocess_volume() expects one (S, H, W) volume, got shape {probabilities.shape}")
-    mask = probabilities > threshold
-    if largest_component and mask.any():
-        mask = largest_connected_component(mask)
-    return mask
-
 
 def volume_dsc(pred, true):
     """DSC = 2|P∩T| / (|P| + |T|) of two boolean volumes of the same shape; 1.0 when both are empty."""
@@ -177,7 +138,7 @@ def group_by_patient(patient_ids):
     return {pid: np.asarray(indices) for pid, indices in groups.items()}
 
 
-def per_volume_dsc(probabilities, masks, patient_ids, threshold=0.5, largest_component=True):
+def per_volume_dsc(probabilities, masks, patient_ids, threshold=THRESHOLD, largest_component=True):
     """The protocol DSC of every patient.
 
     Args:

@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import tfseg
-from tfseg.data import preprocess
+from tfseg.data import protocol
 from tfseg.data.kaggle import DataError, PatientFiles, read_patient, scan_folder
 from tfseg.data.records import (FORMAT_VERSION, IMAGE_DTYPE, MANIFEST, SHARD_SUFFIX, read_manifest,
                                 serialize_slices, sha256_file, write_json_atomic, write_shard)
@@ -40,9 +40,9 @@ def preprocessing_params(image_size: int) -> dict:
         "image_size": image_size,
         "image_dtype": str(IMAGE_DTYPE.__name__),
         "drop_first_last": True,
-        "crop_threshold": preprocess.CROP_THRESHOLD,
-        "percentiles": list(preprocess.PERCENTILES),
-        "image_order": preprocess.IMAGE_ORDER,
+        "crop_threshold": protocol.CROP_THRESHOLD,
+        "percentiles": list(protocol.PERCENTILES),
+        "image_order": protocol.IMAGE_ORDER,
     }
 
 
@@ -53,9 +53,12 @@ def _patient_key(files: PatientFiles, params: dict) -> str:
 
 def _pack_patient(files: PatientFiles, tmp_path: str, image_size: int) -> dict:
     """Worker: read, check, preprocess and write one patient to ``tmp_path``."""
+    # Imported here: preprocessing runs TensorFlow, which the parent process does not need to load.
+    from tfseg.data.preprocess import preprocess_volume
+
     volume = read_patient(files)
     try:
-        image, mask, geometry = preprocess.preprocess_volume(volume.image, volume.mask, image_size)
+        image, mask, geometry = preprocess_volume(volume.image, volume.mask, image_size)
     except ValueError as err:
         raise DataError(f"patient folder {files.folder}: {err}") from err
     write_shard(tmp_path, serialize_slices(files.patient, image, mask, geometry))

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfseg.data.context import gather_stacks, neighbour_rows
-from tfseg.data.preprocess import Geometry
+from tfseg.data.protocol import Geometry
 from tfseg.data.records import parse_example, read_manifest, verified_shards
 
 

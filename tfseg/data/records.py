@@ -10,7 +10,7 @@ image         bytes   (N, N, 3) float16, little-endian, normalized as PROTOCOL.m
 mask          bytes   (N, N) uint8 in {0, 1}
 patient       bytes   patient folder name, UTF-8
 slice         int64   index of the slice in the preprocessed volume (0-based)
-geometry      int64   14 values of :class:`tfseg.data.preprocess.Geometry`
+geometry      int64   14 values of :class:`tfseg.data.protocol.Geometry`
 ============  ======  ==========================================================
 
 ``manifest.json`` beside the shards holds the source folder, the image size,
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tfseg.data.kaggle import DataError
-from tfseg.data.preprocess import GEOMETRY_LENGTH, Geometry
+from tfseg.data.protocol import GEOMETRY_LENGTH, Geometry
 
 FORMAT_VERSION = 1
 IMAGE_DTYPE = np.float16
