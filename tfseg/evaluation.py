@@ -211,7 +211,11 @@ def _load_keras(path: Path, run_dir: Path | None, image_size: int | None) -> Loa
                        context=int(model.inputs[0].shape[-1]) // 3, network=model)
 
 
-def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) -> LoadedModel:
+def open_saved_model(path: Path, signature_name: str):
+    """(loaded SavedModel, its ``signature_name`` signature); ModelLoadError naming ``path`` when either fails.
+
+    Keep the loaded object referenced as long as the signature is used: it owns the variables.
+    """
     import tensorflow as tf
 
     try:
@@ -219,10 +223,17 @@ def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) 
     except Exception as err:  # TF raises OSError, DecodeError, InvalidArgument... for a bad folder
         raise ModelLoadError(f"{path}: cannot load the SavedModel ({type(err).__name__}: {str(err)[:300]}); "
                              "export it again with `python -m tfseg.export RUN_DIR`") from err
-    signature = loaded.signatures.get("serving_default")
+    signature = loaded.signatures.get(signature_name)
     if signature is None:
-        raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature "
-                             f"(it has {sorted(loaded.signatures)})")
+        raise ModelLoadError(f"{path}: the SavedModel has no {signature_name} signature (it has "
+                             f"{sorted(loaded.signatures)}); export it again with `python -m tfseg.export RUN_DIR`")
+    return loaded, signature
+
+
+def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) -> LoadedModel:
+    import tensorflow as tf
+
+    loaded, signature = open_saved_model(path, "serving_default")
     inputs = signature.structured_input_signature[1]
     outputs = signature.structured_outputs
     if len(inputs) != 1 or ("probabilities" not in outputs and len(outputs) != 1):

@@ -314,7 +314,7 @@ def load_served_model(path: str | Path) -> ServedModel:
     """
     import tensorflow as tf
 
-    from tfseg.evaluation import ModelLoadError, _owning_run, _read_run_config, saved_model_sha256
+    from tfseg.evaluation import ModelLoadError, _owning_run, _read_run_config, open_saved_model, saved_model_sha256
 
     path = Path(path)
     if not path.exists():
@@ -330,17 +330,9 @@ def load_served_model(path: str | Path) -> ServedModel:
     try:
         run_dir = _owning_run(path)
         run_config = _read_run_config(run_dir)
+        loaded, signature = open_saved_model(path, "segment_volume")
     except ModelLoadError as err:
         raise RobustnessError(str(err)) from err
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except Exception as err:  # TF raises OSError, DecodeError, InvalidArgument... for a bad folder
-        raise RobustnessError(f"{path}: cannot load the SavedModel ({type(err).__name__}: {str(err)[:300]}); "
-                              "export it again with `python -m tfseg.export RUN_DIR`") from err
-    signature = loaded.signatures.get("segment_volume")
-    if signature is None:
-        raise RobustnessError(f"{path}: the SavedModel has no segment_volume signature (it has "
-                              f"{sorted(loaded.signatures)}); export it again with `python -m tfseg.export RUN_DIR`")
 
     def segment(slices: np.ndarray) -> np.ndarray:
         # `loaded` stays referenced by this closure: the signature needs its variables alive.

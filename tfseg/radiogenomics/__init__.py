@@ -11,7 +11,7 @@ Med 109:218–225 (2019). Modules: ``shape`` (the three features), ``fisher``
 tables, the figure and the command line).
 
 Features, per patient, from the largest 3-D connected component of its mask
-(6-connected, `tfseg.metrics.largest_connected_component`):
+(6-connected, `tfseg.postprocess.largest_connected_component`):
 
 - **BEVR**, bounding-ellipsoid volume ratio: voxel count / volume of the
   minimum-volume ellipsoid enclosing every corner of every voxel. Khachiyan's

@@ -229,7 +229,7 @@ def shape_features(mask: np.ndarray, settings: ShapeSettings = ShapeSettings()) 
     ``slice`` (index of the largest slice, -1 when empty). An empty mask gives
     NaN features.
     """
-    from tfseg.metrics import largest_connected_component  # the protocol's definition (imports keras)
+    from tfseg.postprocess import largest_connected_component  # the protocol's definition (no keras)
 
     mask = np.asarray(mask) > 0
     if mask.ndim != 3:

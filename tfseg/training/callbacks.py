@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfseg.data.pipeline import SliceTable, validation_dataset
 from tfseg.data.records import write_json_atomic
 from tfseg.metrics import per_volume_dsc, summarize
+from tfseg.postprocess import THRESHOLD
 from tfseg.visualize import FLAIR_CHANNEL, dsc_bar_chart, figure_to_array, grid, overlay
 
 
@@ -46,7 +47,7 @@ class VolumeValidation(keras.callbacks.Callback):
             p = self.net(image, training=False)
             p = tf.cast(p[0] if isinstance(p, (list, tuple)) else p, tf.float32)
             losses.append(float(self.loss_fn(mask, p)))
-            hard = tf.cast(p > 0.5, tf.float32)
+            hard = tf.cast(p > THRESHOLD, tf.float32)
             inter += float(tf.reduce_sum(hard * mask))
             total += float(tf.reduce_sum(hard) + tf.reduce_sum(mask))
             probs.append(p.numpy()[..., 0])
@@ -103,7 +104,7 @@ class TensorBoardExtras(keras.callbacks.Callback):
 
     def _overlays(self) -> np.ndarray:
         table, probs = self.validation.table, self.validation.last_probabilities
-        tiles = [overlay(table.images[r, ..., FLAIR_CHANNEL], probs[r] > 0.5, table.masks[r]) for r in self.rows]
+        tiles = [overlay(table.images[r, ..., FLAIR_CHANNEL], probs[r] > THRESHOLD, table.masks[r]) for r in self.rows]
         return grid(tiles, columns=4)
 
 
