@@ -1,16 +1,24 @@
-"""Training images/s of every architecture at 128 px (base 32, batch 16), float32 vs mixed precision.
+"""Training images/s of tfseg against the reference's PyTorch step, side by side in one run (issue 9).
 
-    python benchmarks/train_throughput.py [--data tfrecords/128px] [--rounds 3]
+    python benchmarks/train_throughput.py [--data tfrecords/128px] [--rounds 3] \
+        [--reference-python /path/to/venv-with-torch/bin/python] [--reference-dir brain-segmentation-pytorch]
 
-End to end: the tf.data training pipeline, augmentation in the train step,
-forward, Dice loss, backward, Adam update. Variants are interleaved over
-``--rounds`` rounds and the median is reported (timings on shared machines
-swing). Writes benchmarks/results/train_throughput.json.
+tfseg is timed end to end: the tf.data training pipeline (sampling), augmentation in
+the train step, forward, Dice loss, backward, Adam update, the DSC metric. The
+reference is ``benchmarks/reference_torch_step.py`` (the same network, size and
+batch in PyTorch fp32) run by a Python that has torch. Every variant and the
+reference are interleaved in each of ``--rounds`` rounds and the medians are
+compared (single timings on shared machines swing ±30–50%). Variants: float32 and,
+on a CPU with bfloat16, mixed_bfloat16; each with and without XLA (``jit_compile``).
+Writes benchmarks/results/train_throughput.json with the CPU model and flags, every
+sample, the medians and each variant's ratio to the reference.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -23,13 +31,14 @@ from benchmarks.common import images_per_second, median, write_result  # noqa: E
 from tfseg.data.augment import Augment  # noqa: E402
 from tfseg.data.pipeline import load_slices, training_dataset  # noqa: E402
 from tfseg.losses import get_loss  # noqa: E402
+from tfseg.metrics import DiceCoefficient  # noqa: E402
 from tfseg.models import ARCHITECTURES, build_model  # noqa: E402
 from tfseg.training.loop import AugmentedTrainer  # noqa: E402
-from tfseg.training.runtime import choose_precision  # noqa: E402
+from tfseg.training.runtime import choose_precision, cpu_flags  # noqa: E402
 
-# The reference PyTorch program trains its U-Net at 128 px, batch 16, at about 13 img/s
-# end to end on this kind of 2-core CPU (issue 3); the target is twice that.
-REFERENCE_IMAGES_PER_SECOND = 13.0
+# The instruction sets that decide convolution speed on a CPU (recorded with every result).
+VECTOR_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"}
+REFERENCE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_torch_step.py")
 
 
 def packed_folder(data: str | None, size: int) -> str:
@@ -44,18 +53,56 @@ def packed_folder(data: str | None, size: int) -> str:
     return os.path.join(root, "tfr")
 
 
-def measure(arch: str, policy: str, table, size: int, batch: int, steps: int) -> float:
+def measure_tfseg(arch: str, policy: str, xla: bool, table, size: int, batch: int, steps: int) -> float:
+    """images/s of tfseg's full training step (the same one train.py compiles)."""
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    trainer = AugmentedTrainer(build_model(arch, (size, size, 3), 32), Augment(seed=0))
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("dice"))
-    ds, _ = training_dataset(table, batch, seed=0)
-    iterator = iter(ds.repeat())
-    trainer.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # build + trace outside the timing
-    step = trainer.make_train_function()
-    value = images_per_second(lambda: step(iterator), batch, steps)
-    keras.mixed_precision.set_global_policy("float32")
-    return value
+    try:
+        trainer = AugmentedTrainer(build_model(arch, (size, size, 3), 32), Augment(seed=0))
+        trainer.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("dice"), metrics=[DiceCoefficient()],
+                        jit_compile=xla)
+        ds, _ = training_dataset(table, batch, seed=0)
+        iterator = iter(ds.repeat())
+        trainer.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # build + trace outside the timing
+        step = trainer.make_train_function()
+        return images_per_second(lambda: step(iterator), batch, steps)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def find_reference_python(given: str | None) -> str | None:
+    """The Python that runs the PyTorch step: --reference-python, $TFSEG_REFERENCE_PYTHON, or this one if it has torch."""
+    candidate = given or os.environ.get("TFSEG_REFERENCE_PYTHON")
+    if candidate:
+        if not os.access(candidate, os.X_OK):
+            raise SystemExit(f"--reference-python {candidate}: not an executable; give the python of an environment "
+                             "made with `pip install -r benchmarks/requirements-reference.txt`.")
+        return candidate
+    try:
+        import importlib.util
+
+        return sys.executable if importlib.util.find_spec("torch") else None
+    except ValueError:
+        return None
+
+
+def measure_reference(python: str, batch: int, steps: int, reference_dir: str | None) -> float:
+    command = [python, REFERENCE_SCRIPT, "--batch-size", str(batch), "--steps", str(steps)]
+    if reference_dir:
+        command += ["--reference-dir", reference_dir]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"the reference step failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_second"])
+
+
+def variants(archs: list[str], mixed: str, xla: bool) -> list[tuple[str, str, bool]]:
+    policies = ["float32"] + ([mixed] if mixed != "float32" else [])
+    return [(arch, policy, jit) for arch in archs for policy in policies for jit in ([False, True] if xla else [False])]
+
+
+def label(arch: str, policy: str, xla: bool) -> str:
+    return f"{arch} {policy}{' +xla' if xla else ''}"
 
 
 def main(argv=None) -> int:
@@ -64,32 +111,49 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--archs", nargs="+", default=sorted(ARCHITECTURES))
+    parser.add_argument("--archs", nargs="+", default=["unet"], choices=sorted(ARCHITECTURES))
+    parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile variants")
+    parser.add_argument("--reference-python", help="python with torch (default: $TFSEG_REFERENCE_PYTHON or this one)")
+    parser.add_argument("--reference-dir", help="checkout of the reference program: time its own unet.py and loss.py")
     args = parser.parse_args(argv)
     size = 128
     table = load_slices(packed_folder(args.data, size))
     mixed = choose_precision("auto")[0]
-    policies = ["float32"] + ([mixed] if mixed != "float32" else [])
-    samples: dict[str, dict[str, list[float]]] = {a: {p: [] for p in policies} for a in args.archs}
+    reference_python = find_reference_python(args.reference_python)
+    if reference_python is None:
+        print("no torch here: the reference is not measured (pass --reference-python; see "
+              "benchmarks/requirements-reference.txt)", flush=True)
+    runs = variants(args.archs, mixed, not args.no_xla)
+    samples: dict[str, list[float]] = {label(*v): [] for v in runs}
+    reference: list[float] = []
     for round_ in range(args.rounds):
-        for arch in args.archs:
-            for policy in policies:
-                value = measure(arch, policy, table, size, args.batch_size, args.steps)
-                samples[arch][policy].append(value)
-                print(f"round {round_ + 1}: {arch:15s} {policy:15s} {value:6.1f} img/s", flush=True)
-    results = {arch: {p: {"median": median(v), "samples": v} for p, v in by_policy.items()}
-               for arch, by_policy in samples.items()}
-    for arch in results:
-        if mixed in results[arch] and mixed != "float32":
-            results[arch]["mixed_over_float32"] = results[arch][mixed]["median"] / results[arch]["float32"]["median"]
-    unet_best = max(results["unet"][p]["median"] for p in policies) if "unet" in results else None
+        for variant in runs:
+            value = measure_tfseg(*variant, table, size, args.batch_size, args.steps)
+            samples[label(*variant)].append(value)
+            print(f"round {round_ + 1}: {label(*variant):32s} {value:6.1f} img/s", flush=True)
+        if reference_python:
+            reference.append(measure_reference(reference_python, args.batch_size, args.steps, args.reference_dir))
+            print(f"round {round_ + 1}: {'reference (PyTorch fp32)':32s} {reference[-1]:6.1f} img/s", flush=True)
+    reference_median = median(reference) if reference else None
+    results = {name: {"median": median(v), "samples": v,
+                      "over_reference": median(v) / reference_median if reference_median else None}
+               for name, v in samples.items()}
+    default = label("unet", mixed, False)
+    for name, result in results.items():
+        ratio = f"  {result['over_reference']:.2f}x the reference" if reference_median else ""
+        print(f"{name:32s} median {result['median']:6.1f} img/s{ratio}")
+    if reference_median:
+        print(f"{'reference (PyTorch fp32)':32s} median {reference_median:6.1f} img/s")
     write_result("train_throughput.json", {
         "image_size": size, "base_filters": 32, "batch_size": args.batch_size, "steps": args.steps,
-        "rounds": args.rounds, "data": args.data or "synthetic phantom", "mixed_policy": mixed,
-        "images_per_second": results,
-        "reference_pytorch_images_per_second": REFERENCE_IMAGES_PER_SECOND,
-        "unet_speedup_over_reference": unet_best / REFERENCE_IMAGES_PER_SECOND if unet_best else None,
-        "target": "unet >= 2x the reference (26 img/s)",
+        "rounds": args.rounds, "data": args.data or "synthetic phantom", "cpu_flags": sorted(cpu_flags() & VECTOR_FLAGS),
+        "auto_policy": mixed, "images_per_second": results,
+        "reference": {"median": reference_median, "samples": reference,
+                      "source": args.reference_dir or "benchmarks/reference_torch_step.py",
+                      "python": reference_python},
+        "default_variant": default if default in results else None,
+        "default_over_reference": results.get(default, {}).get("over_reference"),
+        "target": ">= 1.3x the reference on an AVX2-only CPU, >= 2.5x on a CPU with bf16 (issue 9)",
     })
     return 0
 

@@ -284,3 +284,40 @@ def test_without_a_reference_settings_run_the_report_says_how_to_name_a_baseline
     report.build_report([_fake_run(tmp_path, "b16-cosine", None, PATIENTS, flat=True)], output)
     assert "--baseline NAME" in output.read_text()
     assert not (tmp_path / "figures" / "R_best_vs_baseline.png").exists()
+
+
+SIX = {f"P_{c}": v for c, v in zip("ABCDEF", (0.9, 0.8, 0.85, 0.7, 0.95, 0.6))}
+
+
+def _seed_runs(root: Path, name: str, lr: float, shifts: dict[int, float]) -> list[Path]:
+    """One flat run per seed with the same settings; each seed's per-patient DSC is SIX shifted."""
+    return [_fake_run(root, name if seed == 42 else f"{name}-s{seed}", None,
+                      {p: v + shift for p, v in SIX.items()}, flat=True, config={"lr": lr, "seed": seed})
+            for seed, shift in shifts.items()]
+
+
+def test_seed_groups_give_mean_and_sd_and_a_paired_comparison_with_the_baseline_group(tmp_path):
+    best = _seed_runs(tmp_path, "b16-onecycle", 1e-3, {42: 0.05, 43: 0.04, 44: 0.06})
+    base = _seed_runs(tmp_path, "b16-reference-settings", 1e-4, {42: 0.0, 43: -0.01, 44: 0.01})
+    single = _fake_run(tmp_path, "b16-other", None, SIX, flat=True, config={"lr": 5e-4})
+    output = tmp_path / "R.md"
+    report.build_report(best + base + [single], output)
+    text = output.read_text()
+    rows = table(text, "## Seed groups")
+    assert [row["Seeds"] for row in rows] == ["42, 43, 44", "42, 43, 44"]  # the single run is no group
+    mean = float(np.mean(list(SIX.values())))
+    assert rows[0]["Runs"].startswith("`b16-onecycle`") and rows[1]["Runs"].startswith("`b16-reference-settings`")
+    assert rows[0]["Mean ± sd"] == f"{mean + 0.05:.4f} ± 0.0100"
+    assert rows[1]["Mean ± sd"] == f"{mean:.4f} ± 0.0100"
+    assert rows[0]["Mean ± sd (native)"] == "0.5000 ± 0.0000"
+    # every patient improves by exactly 0.05 (seed-averaged); 0.05 > 0.01 + 0.01
+    assert "mean difference +0.0500" in text and "6 improved and 0 worsened" in text
+    assert "+0.0500, exceeds the seeds' spread" in text and "0.0200" in text
+
+
+def test_a_difference_within_the_seeds_spread_is_reported_as_such(tmp_path):
+    best = _seed_runs(tmp_path, "b16-onecycle", 1e-3, {42: 0.08, 43: -0.05, 44: 0.03})
+    base = _seed_runs(tmp_path, "b16-reference-settings", 1e-4, {42: 0.0, 43: -0.01, 44: 0.01})
+    output = tmp_path / "R.md"
+    report.build_report(best + base, output)
+    assert "does not exceed the seeds' spread" in output.read_text()

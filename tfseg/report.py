@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from tfseg.seed_groups import describe_group, paired_comparison, seed_groups
 from tfseg.visualize import (atomic_path, dsc_comparison_chart, dsc_patient_comparison, save_figure,
                              time_to_accuracy_chart)
 
@@ -515,6 +516,7 @@ def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title:
         lines += [notes.rstrip("\n"), ""]
     lines += _time_section(drawn, rel)
     lines += _baseline_section(runs[0], drawn, rel)
+    lines += _seed_section(runs, drawn.baseline)
     lines += ["## Per-patient DSC of every run", ""]
     lines += ([f"![per-patient DSC of every run]({rel(drawn.per_patient)})", ""] if drawn.per_patient
               else ["No run has per-patient scores.", ""])
@@ -553,6 +555,36 @@ def _baseline_section(best: RunRecord, drawn: ReportFigures, rel) -> list[str]:
     return lines + [f"{said} Per-patient DSC, preprocessed geometry; dotted lines: each run's mean; dashed: the "
                     f"reference program's mean under cpu-128, {REFERENCE_MEAN_DSC}.", "",
                     f"![best run against the baseline]({rel(drawn.best_vs_baseline)})", ""]
+
+
+def _seed_section(runs: list[RunRecord], baseline: RunRecord | None) -> list[str]:
+    """Mean ± sd over seeds for every group of runs that differ only by seed; the best group against the
+    baseline's group patient by patient."""
+    groups = seed_groups(runs)
+    lines = ["## Seed groups", ""]
+    if not groups:
+        return lines + ["No two runs share every setting but the seed.", ""]
+    lines += ["| Runs | Seeds | Mean DSC per seed | Mean ± sd | Mean ± sd (native) |", "|---|---|---|---|---|"]
+    for group in groups:
+        d = describe_group(group)
+        native = f"{d['mean_native']:.4f} ± {d['sd_native']:.4f}" if "mean_native" in d else DASH
+        lines.append(f"| {', '.join(f'`{n}`' for n in d['runs'])} | {', '.join(map(str, d['seeds']))} | "
+                     f"{', '.join(f'{v:.4f}' for v in d['mean_dsc_by_seed'])} | {d['mean']:.4f} ± {d['sd']:.4f} | "
+                     f"{native} |")
+    lines.append("")
+    base_group = next((g for g in groups if baseline is not None and baseline in g.runs), None)
+    best = groups[0]
+    if base_group is None or base_group is best:
+        return lines + ["No paired comparison: the baseline has no seed group of its own, or it is the best.", ""]
+    c = paired_comparison(best, base_group)
+    p = DASH if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3f}"
+    verdict = "exceeds" if c["beyond_spread"] else "does not exceed"
+    return lines + [
+        f"Best group ({best.label}) against the baseline group ({base_group.label}), each patient's DSC averaged "
+        f"over the seeds: mean difference {c['mean_difference']:+.4f} (sd {c['sd_difference']:.4f}) over "
+        f"{len(c['patients'])} patients, {c['improved']} improved and {c['worsened']} worsened; Wilcoxon "
+        f"signed-rank p = {p}. The difference of the seed-means, {c['seed_mean_difference']:+.4f}, {verdict} "
+        f"the seeds' spread (the sum of the two groups' sd, {c['spread']:.4f}).", ""]
 
 
 def _cases_section(best: RunRecord, cases: list, rel) -> list[str]:
