@@ -24,7 +24,7 @@ def median(values: list[float]) -> float:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    from tfseg.data.records import write_json_atomic
+    from tfseg.fileio import write_json_atomic
     from tfseg.training.runtime import machine_info
 
     RESULTS.mkdir(parents=True, exist_ok=True)

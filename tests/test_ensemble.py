@@ -14,7 +14,7 @@ from tfseg import export
 from tfseg.data.context import centre_channels, stack_context
 from tfseg.data.kaggle import read_patient, scan_folder
 from tfseg.data.preprocess import preprocess_volume
-from tfseg.data.records import sha256_file
+from tfseg.fileio import sha256_file
 from tfseg.ensemble import Ensemble, EnsembleError, average_models
 from tfseg.evaluation import (EvalOptions, LoadedModel, evaluate, evaluate_model, evaluate_patient, load_ensemble,
                               load_model, predict_volume)

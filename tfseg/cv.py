@@ -25,7 +25,6 @@ import argparse
 import csv
 import dataclasses
 import io
-import json
 import os
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tfseg.data.kaggle import DataError, read_patient, scan_folder, select_patients
-from tfseg.data.records import write_json_atomic
+from tfseg.fileio import atomic_path, write_json_atomic
 
 FOLD_DIR = "fold-{}"
 SCORE_COLUMNS = ("dsc", "hd95", "sensitivity", "precision", "pred_voxels", "true_voxels")
@@ -94,9 +93,8 @@ def _scores(result) -> dict:
 def _save_mask(path: Path, mask: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, mask=np.asarray(mask, np.uint8))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def summarize_cv(rows: list[dict], folds: int) -> dict:
@@ -116,12 +114,10 @@ def summarize_cv(rows: list[dict], folds: int) -> dict:
 def write_outputs(rows: list[dict], summary: dict, out: Path) -> None:
     from tfseg.visualize import dsc_bar_charts, save_figure
 
-    tmp = out / f".per_patient.csv.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "per_patient.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "per_patient.csv")
     write_json_atomic(out / "summary.json", summary)
     panels = {f"out-of-fold DSC, {name} (mean {summary[key]['mean']:.3f})":
               {row["patient"]: row[f"dsc_{key}"] for row in rows}

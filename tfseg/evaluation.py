@@ -52,12 +52,13 @@ import tfseg
 from tfseg.data.context import stack_context
 from tfseg.data.kaggle import DataError, PatientFiles, PatientVolume, read_patient, scan_folder, select_patients
 from tfseg.data.preprocess import invert_volume, preprocess_volume
-from tfseg.data.records import MANIFEST, sha256_file, write_json_atomic
+from tfseg.data.records import MANIFEST
+from tfseg.fileio import atomic_path, sha256_file, sha256_files, write_json_atomic
 from tfseg.data.split import split_patients
 from tfseg.ensemble import Ensemble, EnsembleError
 from tfseg.metrics import volume_scores
 from tfseg.postprocess import THRESHOLD, postprocess_volume
-from tfseg.visualize import (FLAIR_CHANNEL, atomic_path, dsc_bar_charts, grid, largest_slices, save_figure,
+from tfseg.visualize import (FLAIR_CHANNEL, dsc_bar_charts, grid, largest_slices, save_figure,
                              save_gif, save_png, volume_overlays)
 
 # A predict function: (B, N, N, 3) float32 preprocessed slices -> (B, N, N) or (B, N, N, 1) probabilities.
@@ -267,11 +268,8 @@ def load_ensemble(paths: Sequence[str | Path], image_size: int | None = None) ->
 
 def saved_model_sha256(folder: Path) -> str:
     """SHA-256 over saved_model.pb and every file under variables/ (relative names and contents)."""
-    digest = hashlib.sha256()
     files = [folder / "saved_model.pb"] + sorted(p for p in (folder / "variables").rglob("*") if p.is_file())
-    for path in files:
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + sha256_file(path).encode())
-    return digest.hexdigest()
+    return sha256_files(folder, files)
 
 
 # ----------------------------------------------------------------------------

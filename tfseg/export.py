@@ -43,7 +43,7 @@ from tfseg.data.context import stack_context
 from tfseg.data.kaggle import SLICE_SHAPE
 from tfseg.data.preprocess import CONSTANT_INTENSITY, invert_graph, preprocess_graph
 from tfseg.data.protocol import MIN_SLICES
-from tfseg.data.records import write_json_atomic
+from tfseg.fileio import write_json_atomic
 from tfseg.ensemble import Ensemble, EnsembleError, average_models
 from tfseg.postprocess import postprocess_graph
 

@@ -35,7 +35,8 @@ from datetime import datetime
 from pathlib import Path
 
 from tfseg.seed_groups import describe_group, paired_comparison, seed_groups
-from tfseg.visualize import (atomic_path, dsc_comparison_chart, dsc_patient_comparison, save_figure,
+from tfseg.fileio import atomic_path
+from tfseg.visualize import (dsc_comparison_chart, dsc_patient_comparison, save_figure,
                              time_to_accuracy_chart)
 
 DASH = "—"

@@ -57,7 +57,7 @@ from scipy import ndimage
 
 import tfseg
 from tfseg.data.kaggle import DataError, PatientVolume, read_patient, scan_folder
-from tfseg.data.records import write_json_atomic
+from tfseg.fileio import atomic_path, write_json_atomic
 from tfseg.metrics import volume_dsc
 
 # kaggle_3m channels (the set's README): 0 pre-contrast, 1 FLAIR, 2 post-contrast.
@@ -400,7 +400,6 @@ CSV_FIELDS = ("patient", "perturbation", "kind", "dsc", "drop", "pred_voxels", "
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    from tfseg.visualize import atomic_path
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -427,7 +426,6 @@ def markdown_table(summary: dict) -> str:
 
 
 def write_table(path: Path, summary: dict) -> None:
-    from tfseg.visualize import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(markdown_table(summary))

@@ -5,12 +5,13 @@ then a rename), so a reader never sees half an image.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from tfseg.fileio import atomic_path
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -115,19 +116,6 @@ def largest_slices(mask: np.ndarray, count: int = 6, tiebreak: np.ndarray | None
     second = np.zeros_like(area) if tiebreak is None else tiebreak.reshape(len(mask), -1).sum(axis=1)
     order = np.lexsort((np.arange(len(mask)), -second, -area))  # last key sorts first
     return np.sort(order[:count])
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds, else remove it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:

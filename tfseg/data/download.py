@@ -19,12 +19,12 @@ calls :func:`default_kaggle_3m`, which
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from tfseg.data.kaggle import KAGGLE_HELP, DataError
+from tfseg.fileio import sha256_file, write_text_atomic
 
 DATASET = "mateuszbuda/lgg-mri-segmentation"
 CHECKSUMS = Path(__file__).with_name("kaggle_3m.sha256.gz")
@@ -102,20 +102,12 @@ def verify_kaggle_3m(folder: str | os.PathLike, require_all: bool = True, progre
     from tqdm import tqdm
 
     for name in tqdm(present, desc="verifying SHA-256", unit="file", disable=not progress):
-        if _sha256(folder / name) != expected[name]:
+        if sha256_file(folder / name) != expected[name]:
             raise DataError(f"{folder / name} differs from the published kaggle_3m file (SHA-256 mismatch): "
                             "the file is corrupt or was changed; delete the folder and download it again")
     if require_all:
         _write_stamp(folder, present)
     return len(present)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fingerprint(folder: Path, names: list[str]) -> list:
@@ -130,12 +122,10 @@ def _stamp_matches(folder: Path, names: list[str]) -> bool:
 
 
 def _write_stamp(folder: Path, names: list[str]) -> None:
-    tmp = folder / f".{STAMP}.tmp-{os.getpid()}"
     try:
-        tmp.write_text(json.dumps(_fingerprint(folder, names)))
-        os.replace(tmp, folder / STAMP)
+        write_text_atomic(folder / STAMP, json.dumps(_fingerprint(folder, names)))
     except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only cache: verify again next time
+        pass  # a read-only cache: verify again next time
 
 
 def default_kaggle_3m(local: str | os.PathLike = DEFAULT_FOLDER) -> Path:

@@ -18,7 +18,6 @@ the preprocessing parameters, and per patient its shard, SHA-256 and slice count
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from tfseg.data.kaggle import DataError
 from tfseg.data.protocol import GEOMETRY_LENGTH, Geometry
+from tfseg.fileio import sha256_file, write_json_atomic  # noqa: F401  (pack, callbacks and loop import them from here)
 
 FORMAT_VERSION = 1
 IMAGE_DTYPE = np.float16
@@ -88,22 +88,6 @@ def parse_example(serialized, image_size: int) -> dict:
                              (image_size, image_size, 3))
     ex["mask"] = tf.reshape(tf.io.decode_raw(ex["mask"], tf.uint8), (image_size, image_size))
     return ex
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: str | os.PathLike, payload) -> None:
-    """Write JSON to a temporary name, then rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:

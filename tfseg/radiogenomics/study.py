@@ -115,7 +115,7 @@ def plot(features, clusters, tests, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tfseg.visualize import atomic_path
+    from tfseg.fileio import atomic_path
 
     joined = features.assign(key=features["patient"].map(patient_key)).join(clusters, on="key")
     primary = tests[tests["family"] == "primary"].set_index(["feature", "cluster"])
@@ -152,7 +152,7 @@ def run(data, masks, out, settings: ShapeSettings = ShapeSettings(), log=print) 
     import scipy
     import skimage
 
-    from tfseg.visualize import atomic_path
+    from tfseg.fileio import atomic_path
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -1,0 +1,64 @@
+"""Writing files so that no reader ever sees half of one, and checksums: one home for both.
+
+Every file tfseg writes (run folders, shards, manifests, reports, figures) goes
+through a temporary name beside the target and an ``os.replace`` onto it, so a
+crash or a concurrent reader sees the old file or the new one, never a partial
+write. Temporary names are ``.<name>.tmp-<pid>``: hidden, and traceable to the
+process that wrote them.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+
+
+def temporary_name(path: str | os.PathLike) -> Path:
+    """The temporary sibling this process writes ``path`` through: ``.<name>.tmp-<pid>``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds, else remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, payload) -> Path:
+    """JSON (indented, keys sorted, one trailing newline) written atomically."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_files(root: str | os.PathLike, files: list[Path]) -> str:
+    """One SHA-256 over ``files`` (in the order given): each one's path relative to ``root`` and its digest."""
+    root, digest = Path(root), hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).relative_to(root).as_posix().encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
