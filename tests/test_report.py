@@ -9,6 +9,7 @@ import pytest
 
 from tfseg import report
 from tfseg.data.pack import pack
+from tfseg.runs import load_run
 from tfseg.training.config import TrainConfig
 
 TINY = dict(image_size=64, base_filters=8, batch_size=4, epochs=1, val_cases=2, precision="float32", image_every=1)
@@ -169,8 +170,8 @@ def _history(epochs: int, timed: bool) -> list[dict]:
 
 
 def test_a_flat_results_folder_is_read_like_a_live_run_folder(tmp_path):
-    live = report.load_run(_fake_run(tmp_path / "runs", "unet", None, PATIENTS))
-    flat = report.load_run(_fake_run(tmp_path / "results", "unet", None, PATIENTS, flat=True))
+    live = load_run(_fake_run(tmp_path / "runs", "unet", None, PATIENTS))
+    flat = load_run(_fake_run(tmp_path / "results", "unet", None, PATIENTS, flat=True))
     assert live.eval_dir == live.path / "eval" and not live.flat
     assert flat.eval_dir == flat.path and flat.flat and flat.montages == flat.path / "overlays"
     for run in (live, flat):

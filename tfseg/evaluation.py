@@ -54,6 +54,7 @@ from tfseg.data.kaggle import DataError, PatientFiles, PatientVolume, read_patie
 from tfseg.data.preprocess import invert_volume, preprocess_volume
 from tfseg.data.records import MANIFEST
 from tfseg.fileio import atomic_path, sha256_file, sha256_files, write_json_atomic
+from tfseg.runs import owning_run, read_config_file
 from tfseg.data.split import split_patients
 from tfseg.ensemble import Ensemble, EnsembleError
 from tfseg.metrics import volume_scores
@@ -148,28 +149,23 @@ def load_model(path: str | Path, image_size: int | None = None) -> LoadedModel:
         raise ModelLoadError(f"model path {path} does not exist; give a training run folder (holding best.keras), "
                              "its export/ folder (a SavedModel) or a .keras file")
     if path.is_dir() and (path / "saved_model.pb").is_file():
-        return _load_saved_model(path, _owning_run(path), image_size)
+        return _load_saved_model(path, owning_run(path), image_size)
     if path.is_dir() and ((path / "best.keras").exists() or (path / "config.json").is_file()):
         if not (path / "best.keras").is_file():
             raise ModelLoadError(f"run folder {path} holds no best.keras: training has not saved a model yet "
                                  "(it is written after the first validated epoch)")
         return _load_keras(path / "best.keras", path, image_size)
     if path.is_file() and path.suffix == ".keras":
-        return _load_keras(path, _owning_run(path), image_size)
+        return _load_keras(path, owning_run(path), image_size)
     raise ModelLoadError(f"model path {path} is neither a SavedModel folder (no saved_model.pb), a run folder "
                          "(no best.keras) nor a .keras file")
 
 
-def _owning_run(path: Path) -> Path | None:
-    """The run folder a model inside it belongs to (RUN_DIR/export, RUN_DIR/best.keras), if any."""
-    return path.parent if (path.parent / "config.json").is_file() else None
-
-
-def _read_run_config(run_dir: Path | None) -> dict | None:
+def read_run_config(run_dir: Path | None) -> dict | None:
     if run_dir is None:
         return None
     try:
-        return json.loads((run_dir / "config.json").read_text())
+        return read_config_file(run_dir)
     except (OSError, json.JSONDecodeError) as err:
         raise ModelLoadError(f"{run_dir / 'config.json'} cannot be read ({err}); pass --patients to choose "
                              "the patients without the run's split") from err
@@ -201,7 +197,7 @@ def _load_keras(path: Path, run_dir: Path | None, image_size: int | None) -> Loa
     except Exception as err:  # keras raises many types (zipfile, ValueError, OSError) for a bad file
         raise ModelLoadError(f"{path}: cannot load the Keras model ({type(err).__name__}: {err}); the file is "
                              "corrupt or not a .keras archive: use the run's best.keras or retrain") from err
-    run_config = _read_run_config(run_dir)
+    run_config = read_run_config(run_dir)
     size = _image_size(tuple(model.inputs[0].shape), path, run_config, image_size)
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -242,7 +238,7 @@ def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) 
                              f"it takes {sorted(inputs)} and returns {sorted(outputs)}")
     (input_name, spec), = inputs.items()
     output_name = "probabilities" if "probabilities" in outputs else next(iter(outputs))
-    run_config = _read_run_config(run_dir)
+    run_config = read_run_config(run_dir)
     size = _image_size(tuple(spec.shape), path, run_config, image_size)
 
     def predict(batch: np.ndarray) -> np.ndarray:

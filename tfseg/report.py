@@ -24,9 +24,6 @@ are linked with relative paths, so the folder can be moved or published as is.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
 import os
 import shutil
 import sys
@@ -34,13 +31,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from tfseg.seed_groups import describe_group, paired_comparison, seed_groups
 from tfseg.fileio import atomic_path
+from tfseg.runs import EVAL_DIR, RunFolderError, RunRecord, as_number, load_run
+from tfseg.seed_groups import describe_group, paired_comparison, seed_groups
 from tfseg.visualize import (dsc_comparison_chart, dsc_patient_comparison, save_figure,
                              time_to_accuracy_chart)
 
 DASH = "—"
-EVAL_DIR = "eval"
 DEFAULT_TITLE = "Experiment report"
 BASELINE_MARK = "reference-settings"  # default baseline: a run whose name contains this
 
@@ -52,128 +49,8 @@ REFERENCE_MEAN_DSC = 0.894
 IMAGES_PER_EPOCH = 208 * 16
 
 
-class ReportError(ValueError):
-    """A path given as a run is not a training run folder (or a file is unreadable); the message names it."""
-
-
-@dataclass
-class RunRecord:
-    """Everything the report shows about one run (missing parts are None).
-
-    ``eval_dir`` is where the evaluation was found: ``RUN_DIR/eval`` in a live run, the
-    folder itself in a flat results folder, None when the run has not been evaluated.
-    """
-
-    path: Path
-    config: dict
-    config_file: dict
-    metrics: dict | None
-    summary: dict | None
-    per_patient: list[dict] | None
-    montages: Path | None = field(default=None)
-    history: list[dict] | None = field(default=None)
-    eval_dir: Path | None = field(default=None)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def evaluated(self) -> bool:
-        return self.summary is not None
-
-    @property
-    def flat(self) -> bool:
-        """A results folder: the evaluation sits beside config.json instead of in RUN_DIR/eval."""
-        return self.eval_dir == self.path
-
-    def metric(self, key: str):
-        """A value of metrics.json (None when the file or the key is missing)."""
-        return (self.metrics or {}).get(key)
-
-    def score(self, key: str):
-        """A summary figure: from the evaluation, or (preprocessed DSC only) from training's validation."""
-        if self.summary is not None:
-            return _number(self.summary.get(key))
-        fallback = {"mean_dsc": "best_val_volume_dsc", "median_dsc": "val_volume_dsc_median"}.get(key)
-        return _number(self.metric(fallback)) if fallback else None
-
-    def dsc_by_patient(self) -> dict[str, float]:
-        """Per-patient DSC in the preprocessed geometry (evaluation first, else training's best epoch)."""
-        if self.per_patient:
-            return {row["patient"]: float(row["dsc_pre"]) for row in self.per_patient}
-        return {k: float(v) for k, v in (self.metric("val_volume_dsc_by_patient") or {}).items()}
-
-
-def load_run(path: str | Path) -> RunRecord:
-    """Read one run folder: a live run (evaluation in RUN_DIR/eval) or a flat results folder.
-
-    Returns a RunRecord; raises ReportError naming the folder when it holds neither
-    config.json nor metrics.json, or naming a file that cannot be parsed.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise ReportError(f"{path} is not a folder; give training run folders (written by `python train.py`) "
-                          "or results folders (results/<budget>/<name>)")
-    config_file = _read_json(path / "config.json")
-    metrics = _read_json(path / "metrics.json")
-    if config_file is None and metrics is None:
-        raise ReportError(f"{path} holds neither config.json nor metrics.json: it is not a training run folder "
-                          "or a results folder")
-    eval_dir = find_evaluation(path)
-    summary = _read_json(eval_dir / "summary.json") if eval_dir else None
-    per_patient = None
-    if summary is not None and (eval_dir / "per_patient.csv").is_file():
-        per_patient = read_per_patient_csv(eval_dir / "per_patient.csv")
-    overlays = eval_dir / "overlays" if eval_dir and (eval_dir / "overlays").is_dir() else None
-    history = read_history_csv(path / "history.csv") if (path / "history.csv").is_file() else None
-    config = (config_file or {}).get("config", {})
-    return RunRecord(path, config, config_file or {}, metrics, summary, per_patient, overlays, history, eval_dir)
-
-
-def find_evaluation(path: Path) -> Path | None:
-    """Where evaluate.py's files are for run folder ``path``: RUN_DIR/eval (live run) when it holds a
-    summary.json, else ``path`` itself when summary.json sits beside config.json (results folder), else
-    RUN_DIR/eval if it exists at all (overlays without a summary), else None."""
-    if (path / EVAL_DIR / "summary.json").is_file():
-        return path / EVAL_DIR
-    if (path / "summary.json").is_file():
-        return path
-    return path / EVAL_DIR if (path / EVAL_DIR).is_dir() else None
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{path} is not valid JSON ({err}); the run may still be writing it") from err
-
-
-def read_per_patient_csv(path: str | Path) -> list[dict]:
-    """Rows of evaluate.py's per_patient.csv, numbers as float (nan where a score is undefined)."""
-    with open(path, newline="") as f:
-        return [{k: v if k == "patient" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def read_history_csv(path: str | Path) -> list[dict[str, float]]:
-    """Rows of training's history.csv (one per epoch) as {column: float}; empty cells are nan."""
-    rows = []
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                rows.append({k: float(v) if v not in ("", None) else math.nan for k, v in row.items()})
-            except ValueError as err:
-                raise ReportError(f"{path}, line {line}: {err}; history.csv holds numbers only — copy it again "
-                                  "from the run folder (train.py writes it at the end of training)") from err
-    return rows
-
-
-def _number(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)
+class ReportError(RunFolderError):
+    """A report cannot be made as asked (no runs, a missing notes file, an unknown baseline); the message says why."""
 
 
 def sort_runs(runs: list[RunRecord]) -> list[RunRecord]:
@@ -203,12 +80,12 @@ def _text(value) -> str:
 
 
 def _fixed(value, digits: int) -> str:
-    value = _number(value)
+    value = as_number(value)
     return DASH if value is None else f"{value:.{digits}f}"
 
 
 def _duration(seconds) -> str:
-    seconds = _number(seconds)
+    seconds = as_number(seconds)
     if seconds is None:
         return DASH
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
@@ -362,14 +239,14 @@ def accuracy_curve(run: RunRecord) -> dict | None:
     """
     rows = run.history or [{"epoch": i, "val_volume_dsc": v}
                            for i, v in enumerate(run.metric("val_volume_dsc_by_epoch") or [], 1)]
-    rows = [row for row in rows if _number(row.get("val_volume_dsc")) is not None]
+    rows = [row for row in rows if as_number(row.get("val_volume_dsc")) is not None]
     if not rows:
         return None
     epochs = [row["epoch"] for row in rows]
     seconds, images = _cumulative(rows, "train_seconds"), _cumulative(rows, "images_seen")
     estimated = seconds is None or images is None
     if seconds is None:
-        total, done = _number(run.metric("train_seconds")), run.metric("epochs")
+        total, done = as_number(run.metric("train_seconds")), run.metric("epochs")
         seconds = [e * total / done for e in epochs] if total and done else None
     if images is None:
         images = [e * IMAGES_PER_EPOCH for e in epochs]
@@ -379,7 +256,7 @@ def accuracy_curve(run: RunRecord) -> dict | None:
 
 def _cumulative(rows: list[dict], key: str) -> list[float] | None:
     """Column ``key`` of history rows when every row has a finite value, else None."""
-    values = [_number(row.get(key)) for row in rows]
+    values = [as_number(row.get(key)) for row in rows]
     return None if any(v is None for v in values) else values
 
 
@@ -634,7 +511,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build_report(args.runs, args.output, title=args.title, notes=args.notes, baseline=args.baseline)
-    except ReportError as err:
+    except RunFolderError as err:  # ReportError included
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

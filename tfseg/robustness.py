@@ -314,7 +314,8 @@ def load_served_model(path: str | Path) -> ServedModel:
     """
     import tensorflow as tf
 
-    from tfseg.evaluation import ModelLoadError, _owning_run, _read_run_config, open_saved_model, saved_model_sha256
+    from tfseg.evaluation import ModelLoadError, read_run_config, open_saved_model, saved_model_sha256
+    from tfseg.runs import owning_run
 
     path = Path(path)
     if not path.exists():
@@ -328,8 +329,8 @@ def load_served_model(path: str | Path) -> ServedModel:
                                   f"`python -m tfseg.export {path}`")
         path = path / "export"
     try:
-        run_dir = _owning_run(path)
-        run_config = _read_run_config(run_dir)
+        run_dir = owning_run(path)
+        run_config = read_run_config(run_dir)
         loaded, signature = open_saved_model(path, "segment_volume")
     except ModelLoadError as err:
         raise RobustnessError(str(err)) from err
