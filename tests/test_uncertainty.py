@@ -186,3 +186,18 @@ def test_evaluate_py_uncertainty_on_an_ensemble_writes_the_column_the_ranking_an
     assert montage.shape == (2 * 256, 6 * 256, 3)  # overlays above, the uncertainty maps below
     assert iio.imread(out / "overlays" / f"{names[0]}.gif", index=0).shape[1] == 2 * 256
     assert not list(out.rglob(".*tmp-*"))
+
+
+def test_cv_uncertainty_scores_every_out_of_fold_patient(phantom_dir, tmp_path):
+    from tfseg import cv
+
+    names = [f.patient for f in scan_folder(phantom_dir)]
+    out = tmp_path / "cv"
+    for fold, validation in enumerate((names[:2], names[2:])):
+        run = make_run(cv.fold_dir(out, fold), stand_in(-3.5), phantom_dir, validation)
+        (run / "metrics.json").write_text("{}")  # a finished fold: tfseg.cv goes straight to predicting
+    assert cv.main(["--folds", "2", "--out", str(out), "--data", str(phantom_dir), "--uncertainty"]) == 0
+    rows = read_rows(out / "per_patient.csv")
+    assert sorted(rows) == sorted(names) and all(0.0 <= float(r["uncertainty"]) <= 1.0 for r in rows.values())
+    ranking = json.loads((out / "summary.json").read_text())["uncertainty"]
+    assert ranking["n_patients"] == 4 and ranking["views"].startswith("2 views")
