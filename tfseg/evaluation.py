@@ -19,6 +19,11 @@ with its own flip if ``--tta``) and the probabilities averaged before the thresh
 and the largest component; see :mod:`tfseg.ensemble`. The members must take the same
 image size and, unless ``--patients`` is given, have the same validation patients.
 
+With ``--uncertainty`` (:mod:`tfseg.uncertainty`) the image and its flip are predicted
+by every member separately (K = 2 · members views); their mean is still the prediction,
+and their disagreement gives a per-voxel map (in the overlays) and a per-patient score
+(``uncertainty`` in per_patient.csv; its Spearman rho with the native DSC in summary.json).
+
 HD95 is in pixels of the native 256×256 grid in both geometries (the
 preprocessed one is scaled by side/N in-plane); along the slice axis one slice
 counts 1.
@@ -27,7 +32,8 @@ Files written to ``--out`` (each under a temporary name, then renamed):
 ``per_patient.csv``, ``summary.json``, ``dsc.png`` and, per patient,
 ``overlays/<patient>.gif`` (every native slice, FLAIR with the prediction in red
 and the truth in green) and ``overlays/<patient>_montage.png`` (the 6 slices
-with the largest tumour).
+with the largest tumour; with ``--uncertainty`` each GIF frame has its map beside it and the
+montage a row of maps under the overlays).
 """
 from __future__ import annotations
 
