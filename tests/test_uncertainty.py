@@ -82,6 +82,17 @@ def test_fewer_than_two_views_is_an_error_naming_the_shape():
         disagreement_score(cuboid()[None])
 
 
+def test_the_heat_overlay_shows_the_plain_flair_where_the_map_is_0_and_full_colour_at_its_maximum():
+    from tfseg.visualize import heat_overlay
+
+    flair = np.full((4, 4), 100, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0] = 0.5
+    rgb = heat_overlay(flair, heat, vmax=0.5)
+    np.testing.assert_array_equal(rgb[1:], 100)
+    np.testing.assert_array_equal(rgb[0], np.broadcast_to([252, 255, 164], (4, 3)))  # inferno's brightest end
+
+
 # ----------------------------------------------------------------------------
 # Spearman's rho against the DSC
 # ----------------------------------------------------------------------------

@@ -109,15 +109,16 @@ def volume_overlays(flair: np.ndarray, prediction: np.ndarray | None, truth: np.
 def heat_overlay(flair: np.ndarray, heat: np.ndarray, vmax: float, prediction: np.ndarray | None = None) -> np.ndarray:
     """(H, W) grey FLAIR under a heat map (H, W) float scaled to [0, ``vmax``] -> (H, W, 3) uint8.
 
-    The colour ("inferno") is blended in with opacity heat / vmax, so where the map is 0
-    the plain FLAIR shows; the prediction, when given, is outlined in red as in :func:`overlay`.
+    The colour ("inferno" of heat / vmax) is blended in with opacity sqrt(heat / vmax), so
+    where the map is 0 the plain FLAIR shows and a small disagreement is still visible; the
+    prediction, when given, is outlined in red as in :func:`overlay`.
     """
     from matplotlib import colormaps
 
     grey = (flair if flair.dtype == np.uint8 else to_uint8(flair)).astype(np.float32)
     level = np.clip(np.asarray(heat, np.float32) / vmax, 0.0, 1.0)
     colour = colormaps["inferno"](level)[..., :3] * 255.0
-    alpha = level[..., None]
+    alpha = np.sqrt(level)[..., None]
     rgb = ((1.0 - alpha) * grey[..., None] + alpha * colour).round().astype(np.uint8)
     if prediction is not None:
         rgb[outline(prediction)] = RED
