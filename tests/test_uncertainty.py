@@ -11,7 +11,7 @@ from test_evaluate import BOX_SIZE, ROOT, oracle, read_rows, write_box_phantom
 from tfseg.data.kaggle import read_patient, scan_folder
 from tfseg.data.preprocess import preprocess_volume
 from tfseg.ensemble import Ensemble
-from tfseg.evaluation import EvalOptions, evaluate, load_model, mean_of_views, predict_views, predict_volume
+from tfseg.evaluation import EvalOptions, LoadedModel, evaluate, mean_of_views, predict_views, predict_volume
 from tfseg.uncertainty import disagreement_map, disagreement_score, spearman_with_dsc
 
 QUIET = {"overlays": False, "progress": False}
@@ -145,7 +145,8 @@ def test_uncertainty_leaves_every_score_unchanged_and_adds_a_column(box_dir, tmp
     assert measured["dsc_native_by_patient"] == plain["dsc_native_by_patient"]
     assert measured["dsc_by_patient"] == plain["dsc_by_patient"]
     assert measured["mean_dsc"] == (0.0 if tta else 1.0)  # not vacuous: the flip decides the TTA mask
-    rows, plain_rows = read_rows(tmp_path / "measured" / "per_patient.csv"), read_rows(tmp_path / "plain" / "per_patient.csv")
+    rows = read_rows(tmp_path / "measured" / "per_patient.csv")
+    plain_rows = read_rows(tmp_path / "plain" / "per_patient.csv")
     for patient, row in rows.items():
         assert float(row.pop("uncertainty")) == 1.0  # the flipped view finds nothing the other finds
         assert row == plain_rows[patient]
@@ -153,8 +154,6 @@ def test_uncertainty_leaves_every_score_unchanged_and_adds_a_column(box_dir, tmp
 
 
 def test_an_ensembles_member_views_give_exactly_its_prediction(phantom_dir):
-    from tfseg.evaluation import LoadedModel
-
     members = [LoadedModel(Path(name), "keras", stand_in(bias).predict_on_batch, SIZE, name)
                for name, bias in (("a", -4.0), ("b", -3.0))]
     ensemble = Ensemble(members)
