@@ -16,6 +16,10 @@ checkpoint. Then each fold's ``best.keras`` predicts its own validation patients
 * ``OUT/summary.json``: mean and median DSC over all patients and per fold, in
   both geometries, with the settings; ``OUT/dsc.png``: DSC per patient.
 
+With ``--uncertainty`` every patient also gets ``evaluate.py``'s uncertainty score (a
+column of per_patient.csv) and summary.json its Spearman rho with the native DSC over
+all patients (tfseg.uncertainty); the masks do not change.
+
 The paper published with the data set (Buda et al. 2019) reports mean 82% /
 median 85% per-volume DSC from its 22-fold cross-validation.
 """
@@ -62,8 +66,12 @@ def train_folds(config, folds: int, out: Path) -> list[Path]:
     return runs
 
 
-def predict_out_of_fold(runs: list[Path], data: Path, out: Path, tta: bool = False) -> list[dict]:
-    """Score every fold's validation patients with its best.keras; write the native masks; return the rows."""
+def predict_out_of_fold(runs: list[Path], data: Path, out: Path, tta: bool = False,
+                        uncertainty: bool = False) -> list[dict]:
+    """Score every fold's validation patients with its best.keras; write the native masks; return the rows.
+
+    With ``uncertainty`` each row also has the patient's "uncertainty" score (tfseg.uncertainty).
+    """
     from tfseg.evaluation import EvalOptions, evaluate_patient, load_model
 
     scanned = scan_folder(data)
@@ -76,11 +84,12 @@ def predict_out_of_fold(runs: list[Path], data: Path, out: Path, tta: bool = Fal
         if not names:
             raise DataError(f"{run / 'config.json'} records no validation patients; retrain the fold "
                             f"(delete {run}) with this version of tfseg")
-        options = EvalOptions(tta=tta, context=loaded.context)
+        options = EvalOptions(tta=tta, context=loaded.context, uncertainty=uncertainty)
         for files in select_patients(scanned, names):
             result = evaluate_patient(read_patient(files), loaded.predict, loaded.image_size, options)
             _save_mask(predictions / f"{result.patient}.npz", result.prediction)
-            rows.append({"patient": result.patient, "fold": fold, **_scores(result)})
+            row = {"patient": result.patient, "fold": fold, **_scores(result)}
+            rows.append(row | ({"uncertainty": result.uncertainty} if uncertainty else {}))
             print(f"fold {fold} {result.patient}: DSC {result.pre['dsc']:.4f} (native {result.native['dsc']:.4f})")
     return sorted(rows, key=lambda row: row["patient"])
 
@@ -125,17 +134,21 @@ def write_outputs(rows: list[dict], summary: dict, out: Path) -> None:
     save_figure(dsc_bar_charts(panels), out / "dsc.png")
 
 
-def run_cv(config, folds: int, out: str | os.PathLike, tta: bool = False) -> dict:
+def run_cv(config, folds: int, out: str | os.PathLike, tta: bool = False, uncertainty: bool = False) -> dict:
     """Train every fold, predict out of fold, write the files; returns summary.json's content."""
-    from tfseg.evaluation import resolve_data
+    from tfseg.evaluation import resolve_data, views_description
+    from tfseg.uncertainty import uncertainty_summary
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = train_folds(config, folds, out)
     data = resolve_data(config.data, None)
-    rows = predict_out_of_fold(runs, data, out, tta)
+    rows = predict_out_of_fold(runs, data, out, tta, uncertainty)
     summary = summarize_cv(rows, folds) | {"data": str(data), "tta": tta,
                                            "train_config": dataclasses.asdict(config)}
+    if uncertainty:
+        summary["uncertainty"] = uncertainty_summary([r["patient"] for r in rows], [r["uncertainty"] for r in rows],
+                                                     [r["dsc_native"] for r in rows], views_description(1))
     write_outputs(rows, summary, out)
     print(f"cross-validation over {len(rows)} patients: mean DSC {summary['pre']['mean']:.4f} "
           f"(median {summary['pre']['median']:.4f}); native {summary['native']['mean']:.4f}")
@@ -152,6 +165,9 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", type=int, default=5, help="number of patient-level folds")
     parser.add_argument("--out", required=True, help="folder for the fold runs and the out-of-fold results")
     parser.add_argument("--tta", action="store_true", help="average with the flipped image when predicting")
+    parser.add_argument("--uncertainty", action="store_true", help="also score each patient's uncertainty (where "
+                        "the image and its flip disagree; see evaluate.py --uncertainty) and its rank correlation "
+                        "with the DSC")
     args, train_flags = parser.parse_known_args(argv)
     if not any(flag.startswith("--preset") for flag in train_flags):
         train_flags = ["--preset", "cpu-128"] + train_flags
@@ -159,7 +175,7 @@ def main(argv=None) -> int:
         parser.error("--fold, --logdir and --resume are set per fold by tfseg.cv; leave them out")
     config, _, _ = config_from_args(train_flags)
     try:
-        run_cv(config, args.folds, args.out, args.tta)
+        run_cv(config, args.folds, args.out, args.tta, args.uncertainty)
     except (DataError, TrainingError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -86,12 +86,29 @@ class Ensemble:
         of every member's own flip-averaged prediction.
         """
         total = None
-        for member in self.members:
-            start, stop = centre_channels(self.context, member.context)
-            out = np.asarray(member.predict(np.ascontiguousarray(batch[..., start:stop])), np.float32)
-            out = out[..., 0] if out.ndim == 4 and out.shape[-1] == 1 else out
+        for predict in self.member_predicts:
+            out = predict(batch)
             total = out if total is None else total + out
         return total / np.float32(len(self.members))
+
+    @property
+    def member_predicts(self) -> list:
+        """One function per member: the ensemble's (B, N, N, 3·K) batch -> that member's (B, N, N) float32.
+
+        Each hands its member the centre of the neighbour stack it was trained on. Evaluation
+        takes the mean of these itself (same order, same float32 sum as :meth:`predict`),
+        so that ``--uncertainty`` can also see where the members disagree.
+        """
+        return [self._member_predict(member) for member in self.members]
+
+    def _member_predict(self, member):
+        start, stop = centre_channels(self.context, member.context)
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            out = np.asarray(member.predict(np.ascontiguousarray(batch[..., start:stop])), np.float32)
+            return out[..., 0] if out.ndim == 4 and out.shape[-1] == 1 else out
+
+        return predict
 
     @property
     def sha256(self) -> str:

@@ -19,6 +19,11 @@ with its own flip if ``--tta``) and the probabilities averaged before the thresh
 and the largest component; see :mod:`tfseg.ensemble`. The members must take the same
 image size and, unless ``--patients`` is given, have the same validation patients.
 
+With ``--uncertainty`` (:mod:`tfseg.uncertainty`) the image and its flip are predicted
+by every member separately (K = 2 · members views); their mean is still the prediction,
+and their disagreement gives a per-voxel map (in the overlays) and a per-patient score
+(``uncertainty`` in per_patient.csv; its Spearman rho with the native DSC in summary.json).
+
 HD95 is in pixels of the native 256×256 grid in both geometries (the
 preprocessed one is scaled by side/N in-plane); along the slice axis one slice
 counts 1.
@@ -27,7 +32,8 @@ Files written to ``--out`` (each under a temporary name, then renamed):
 ``per_patient.csv``, ``summary.json``, ``dsc.png`` and, per patient,
 ``overlays/<patient>.gif`` (every native slice, FLAIR with the prediction in red
 and the truth in green) and ``overlays/<patient>_montage.png`` (the 6 slices
-with the largest tumour).
+with the largest tumour; with ``--uncertainty`` each GIF frame has its map beside it and the
+montage a row of maps under the overlays).
 """
 from __future__ import annotations
 
@@ -59,7 +65,8 @@ from tfseg.data.split import split_patients
 from tfseg.ensemble import Ensemble, EnsembleError
 from tfseg.metrics import volume_scores
 from tfseg.postprocess import THRESHOLD, postprocess_volume
-from tfseg.visualize import (FLAIR_CHANNEL, dsc_bar_charts, grid, largest_slices, save_figure,
+from tfseg.uncertainty import MAP_MAX, disagreement_map, disagreement_score, uncertainty_summary
+from tfseg.visualize import (FLAIR_CHANNEL, dsc_bar_charts, grid, heat_overlays, largest_slices, save_figure,
                              save_gif, save_png, volume_overlays)
 
 # A predict function: (B, N, N, 3) float32 preprocessed slices -> (B, N, N) or (B, N, N, 1) probabilities.
@@ -83,6 +90,7 @@ class EvalOptions:
     tta: bool = False
     batch_size: int = 16
     context: int = 1  # 2.5-D models (--context K): set from the model's input channels (3·K)
+    uncertainty: bool = False  # also the views' disagreement (tfseg.uncertainty); the mask does not change
 
 
 @dataclass
@@ -116,6 +124,8 @@ class PatientResult:
 
     ``pre`` / ``native``: dicts of :func:`tfseg.metrics.volume_scores`;
     ``prediction``: (S, 256, 256) bool, post-processed native prediction.
+    With ``--uncertainty``: ``uncertainty``, the patient's score, and ``uncertainty_map``,
+    (S, 256, 256) float32, the per-voxel map in the native geometry (tfseg.uncertainty).
     """
 
     patient: str
@@ -124,13 +134,17 @@ class PatientResult:
     pre: dict
     native: dict
     prediction: np.ndarray = field(repr=False)
+    uncertainty: float | None = None
+    uncertainty_map: np.ndarray | None = field(default=None, repr=False)
 
     def row(self) -> dict:
-        """One per_patient.csv row."""
+        """One per_patient.csv row (an ``uncertainty`` column when it was measured)."""
         out = {"patient": self.patient, "slices": self.slices, "slices_pre": self.slices_pre}
         for geometry in GEOMETRIES:
             scores = getattr(self, geometry)
             out.update({f"{key}_{geometry}": scores[key] for key in SCORE_KEYS})
+        if self.uncertainty is not None:
+            out["uncertainty"] = self.uncertainty
         return out
 
 
@@ -371,17 +385,56 @@ def predict_volume(predict: PredictFn, image: np.ndarray, batch_size: int = 16, 
     With ``tta`` each batch is also predicted flipped left-right, flipped back and averaged.
     With ``context`` K > 1 the model sees each slice's 2.5-D stack (tfseg.data.context).
     """
+    return mean_of_views(predict_views([predict], image, batch_size, tta, context), 1, tta)
+
+
+def predict_views(sources: Sequence[PredictFn], image: np.ndarray, batch_size: int = 16, flip: bool = False,
+                  context: int = 1) -> np.ndarray:
+    """Every source's probabilities, and with ``flip`` also on the left-right flipped image (flipped back).
+
+    ``sources``: one predict function, or an ensemble's members (``Ensemble.member_predicts``);
+    image (S', N, N, 3) float32 -> (V, S', N, N) float32, V = len(sources) · (2 if flip else 1),
+    in the order [source 0, source 0 flipped, source 1, ...]. :func:`mean_of_views` makes the
+    prediction of them; tfseg.uncertainty measures how much they disagree.
+    """
     if context > 1:
         image = stack_context(np.asarray(image, np.float32), context).numpy()
-    out = []
+    views = [[] for _ in range(len(sources) * (2 if flip else 1))]
     for start in range(0, len(image), batch_size):
         batch = np.ascontiguousarray(image[start:start + batch_size], np.float32)
-        probabilities = _as_slices(predict(batch), batch.shape)
-        if tta:
-            flipped = _as_slices(predict(np.ascontiguousarray(batch[:, :, ::-1])), batch.shape)
-            probabilities = 0.5 * (probabilities + flipped[:, :, ::-1])
-        out.append(probabilities)
-    return np.concatenate(out).astype(np.float32)
+        mirrored = np.ascontiguousarray(batch[:, :, ::-1]) if flip else None
+        answers = []
+        for source in sources:
+            answers.append(_as_slices(source(batch), batch.shape))
+            if flip:
+                answers.append(_as_slices(source(mirrored), batch.shape)[:, :, ::-1])
+        for view, answer in zip(views, answers):
+            view.append(answer)
+    return np.stack([np.concatenate(view) for view in views]).astype(np.float32)
+
+
+def mean_of_views(views: np.ndarray, n_sources: int, tta: bool) -> np.ndarray:
+    """The prediction from :func:`predict_views`' (V, S', N, N) views -> (S', N, N) float32.
+
+    The mean over sources, then with ``tta`` the mean of that and its flipped twin: the
+    same float32 operations in the same order as ``Ensemble.predict`` and the flip average
+    always were, so the mask is bit for bit the one scored without ``--uncertainty``.
+    """
+    per_source = len(views) // n_sources
+    if tta and per_source != 2:
+        raise ValueError("tta needs the flipped views: call predict_views(..., flip=True)")
+    plain = _sum_in_order([views[i * per_source] for i in range(n_sources)]) / np.float32(n_sources)
+    if not tta:
+        return plain
+    flipped = _sum_in_order([views[i * per_source + 1] for i in range(n_sources)]) / np.float32(n_sources)
+    return 0.5 * (plain + flipped)
+
+
+def _sum_in_order(volumes: list[np.ndarray]) -> np.ndarray:
+    total = volumes[0]
+    for volume in volumes[1:]:
+        total = total + volume
+    return total
 
 
 def _as_slices(probabilities, shape) -> np.ndarray:
@@ -394,36 +447,61 @@ def _as_slices(probabilities, shape) -> np.ndarray:
     return probabilities
 
 
-def evaluate_patient(volume: PatientVolume, predict: PredictFn, image_size: int,
+def evaluate_patient(volume: PatientVolume, predict: PredictFn | Sequence[PredictFn], image_size: int,
                      options: EvalOptions = EvalOptions()) -> PatientResult:
-    """Predict one patient and score it in both geometries (see the module docstring)."""
+    """Predict one patient and score it in both geometries (see the module docstring).
+
+    ``predict``: one predict function, or a list of them (an ensemble's ``member_predicts``)
+    whose mean is the prediction; with ``options.uncertainty`` each is a source of views.
+    """
     try:
         image, mask, geometry = preprocess_volume(volume.image, volume.mask, image_size)
     except ValueError as err:
         raise DataError(f"patient {volume.patient}: {err}") from err
-    probabilities = predict_volume(predict, image, options.batch_size, options.tta, options.context)
+    sources = _sources(predict)
+    # --uncertainty always looks at the flip (it is free of training); only --tta lets it into the mask.
+    views = predict_views(sources, image, options.batch_size, options.tta or options.uncertainty, options.context)
+    probabilities = mean_of_views(views, len(sources), options.tta)
     prediction = postprocess_volume(probabilities, options.threshold, options.lcc)
     in_plane = geometry.side / image_size  # one preprocessed pixel in native pixels
     pre = volume_scores(prediction, mask > 0, voxelspacing=(1.0, in_plane, in_plane))
     native_probabilities = invert_volume(probabilities, geometry, order=1)
     native_prediction = postprocess_volume(native_probabilities, options.threshold, options.lcc)
     native = volume_scores(native_prediction, volume.mask > 0)
-    return PatientResult(volume.patient, int(volume.image.shape[0]), int(image.shape[0]), pre, native,
-                         native_prediction)
+    result = PatientResult(volume.patient, int(volume.image.shape[0]), int(image.shape[0]), pre, native,
+                           native_prediction)
+    if options.uncertainty:
+        result.uncertainty = disagreement_score(views, options.threshold, options.lcc)
+        result.uncertainty_map = invert_volume(disagreement_map(views), geometry, order=1)
+    return result
+
+
+def _sources(predict: PredictFn | Sequence[PredictFn]) -> list[PredictFn]:
+    sources = list(predict) if isinstance(predict, (list, tuple)) else [predict]
+    if not sources or not all(callable(source) for source in sources):
+        raise TypeError(f"predict must be a predict function or a non-empty list of them, got {predict!r}")
+    return sources
+
+
+def views_description(n_sources: int) -> str:
+    """summary.json's words for the views --uncertainty compares."""
+    models = "the model" if n_sources == 1 else f"each of the {n_sources} ensemble members"
+    return f"{2 * n_sources} views: {models} on the image and on its left-right flip"
 
 
 # ----------------------------------------------------------------------------
 # The whole evaluation
 # ----------------------------------------------------------------------------
 
-def evaluate(data: str | Path, predict: PredictFn, image_size: int, out: str | Path,
+def evaluate(data: str | Path, predict: PredictFn | Sequence[PredictFn], image_size: int, out: str | Path,
              patients: list[str] | None = None, options: EvalOptions = EvalOptions(), *,
              model_info: dict | None = None, split_info: dict | None = None, overlays: bool = True,
              progress: bool = True, command: str | None = None) -> dict:
     """Evaluate ``patients`` (default: all) of the kaggle_3m folder ``data``; write every file to ``out``.
 
     ``predict``: (B, N, N, 3) float32 -> (B, N, N[, 1]) probabilities, N = ``image_size``
-    (a loaded model's ``predict``, or any stand-in). Returns the summary (also summary.json).
+    (a loaded model's ``predict``, or any stand-in), or a list of such functions whose mean
+    is the prediction (an ensemble's members). Returns the summary (also summary.json).
     """
     data, out = Path(data), Path(out)
     scanned = scan_folder(data)  # checks the whole layout before reading a pixel
@@ -437,10 +515,14 @@ def evaluate(data: str | Path, predict: PredictFn, image_size: int, out: str | P
         volume = read_patient(patient_files)
         result = evaluate_patient(volume, predict, image_size, options)
         if overlays:
-            write_overlays(out / "overlays", volume, result.prediction)
-        result.prediction = None  # the overlays are written: free the volume
+            write_overlays(out / "overlays", volume, result.prediction, result.uncertainty_map)
+        result.prediction = result.uncertainty_map = None  # the overlays are written: free the volumes
         results.append(result)
     summary = summarize_results(results)
+    if options.uncertainty:
+        summary["uncertainty"] = uncertainty_summary(
+            [r.patient for r in results], [r.uncertainty for r in results], [r.native["dsc"] for r in results],
+            views_description(len(_sources(predict))))
     summary.update(options=asdict(options) | {"image_size": image_size, "overlays": overlays},
                    model=model_info, data=data_fingerprint(files, data), split=split_info or {"source": "caller"},
                    seconds=round(time.perf_counter() - started, 3), command=command,
@@ -483,12 +565,24 @@ def write_dsc_chart(path: Path, results: list[PatientResult]) -> None:
     save_figure(dsc_bar_charts(panels), path)
 
 
-def write_overlays(folder: Path, volume: PatientVolume, prediction: np.ndarray) -> None:
-    """``<patient>.gif`` (every native slice) and ``<patient>_montage.png`` (the largest tumours)."""
-    frames = volume_overlays(volume.image[..., FLAIR_CHANNEL], prediction, volume.mask > 0)
-    save_gif(folder / f"{volume.patient}.gif", frames)
+def write_overlays(folder: Path, volume: PatientVolume, prediction: np.ndarray,
+                   uncertainty_map: np.ndarray | None = None) -> None:
+    """``<patient>.gif`` (every native slice) and ``<patient>_montage.png`` (the largest tumours).
+
+    With ``uncertainty_map`` (S, 256, 256) each GIF frame has the map beside it, and the
+    montage is one row of overlays above one row of maps of the same slices.
+    """
+    flair = volume.image[..., FLAIR_CHANNEL]
+    frames = volume_overlays(flair, prediction, volume.mask > 0)
     chosen = largest_slices(volume.mask, MONTAGE_SLICES, tiebreak=prediction)
-    save_png(folder / f"{volume.patient}_montage.png", grid([frames[i] for i in chosen], columns=3))
+    if uncertainty_map is None:
+        save_gif(folder / f"{volume.patient}.gif", frames)
+        save_png(folder / f"{volume.patient}_montage.png", grid([frames[i] for i in chosen], columns=3))
+        return
+    heats = heat_overlays(flair, uncertainty_map, vmax=MAP_MAX, prediction=prediction)
+    save_gif(folder / f"{volume.patient}.gif", [np.concatenate(pair, axis=1) for pair in zip(frames, heats)])
+    tiles = [frames[i] for i in chosen] + [heats[i] for i in chosen]
+    save_png(folder / f"{volume.patient}_montage.png", grid(tiles, columns=len(chosen)))
 
 
 def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | None = None,
@@ -510,6 +604,8 @@ def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | 
         raise EnsembleError(f"an ensemble of {len(paths)} models needs an output folder: pass --out DIR")
     loaded = load_ensemble(paths)
     options = replace(options, context=loaded.context)
+    # An ensemble's members go in one by one (their mean is the prediction) so --uncertainty can compare them.
+    predict = loaded.member_predicts if isinstance(loaded, Ensemble) else loaded.predict
     if out is None:
         if loaded.run_dir is None:
             raise DataError(f"{paths[0]} is not inside a training run: pass --out DIR")
@@ -519,7 +615,7 @@ def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | 
         files, split_info = choose_ensemble_patients(scan_folder(root), patients, loaded.members)
     else:
         files, split_info = choose_patients(scan_folder(root), patients, loaded.run_config)
-    return evaluate(root, loaded.predict, loaded.image_size, out, [f.patient for f in files], options,
+    return evaluate(root, predict, loaded.image_size, out, [f.patient for f in files], options,
                     model_info=loaded.describe(), split_info=split_info, overlays=overlays, progress=progress,
                     command=command)
 
@@ -551,13 +647,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=d.threshold, help="foreground where probability > threshold")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="slices per prediction batch")
     p.add_argument("--no-overlays", action="store_true", help="skip the per-patient GIFs and montages")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also measure where the views disagree (the image and its flip, for every ensemble "
+                   "member): a per-voxel map in the overlays, an 'uncertainty' score per patient in "
+                   "per_patient.csv and its Spearman rho with the DSC in summary.json. The masks and scores "
+                   "do not change; without --tta it costs one more prediction per slice")
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    options = EvalOptions(threshold=args.threshold, lcc=not args.no_lcc, tta=args.tta, batch_size=args.batch_size)
+    options = EvalOptions(threshold=args.threshold, lcc=not args.no_lcc, tta=args.tta, batch_size=args.batch_size,
+                          uncertainty=args.uncertainty)
     try:
         summary = evaluate_model(args.model, args.data, args.out, args.patients, options,
                                  overlays=not args.no_overlays, command="python evaluate.py " + shlex.join(argv))
@@ -567,6 +669,12 @@ def main(argv=None) -> int:
     print(f"{summary['n_patients']} patients: mean DSC {summary['mean_dsc']:.4f} (median {summary['median_dsc']:.4f}); "
           f"native geometry {summary['mean_dsc_native']:.4f} (median {summary['median_dsc_native']:.4f}); "
           f"mean HD95 (native) {_fmt(summary['mean_hd95_native'])} px")
+    if "uncertainty" in summary:
+        ranking = summary["uncertainty"]
+        rho = ranking["spearman_rho_with_dsc"]
+        print("uncertainty: Spearman rho with the native DSC " +
+              (f"{rho:.3f} (p = {ranking['p_value']:.3g})" if rho is not None else f"undefined ({ranking['why']})") +
+              f"; check first: {', '.join(ranking['check_first'][:3])}")
     return 0
 
 

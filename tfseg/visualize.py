@@ -106,6 +106,32 @@ def volume_overlays(flair: np.ndarray, prediction: np.ndarray | None, truth: np.
             for i in range(len(flair))]
 
 
+def heat_overlay(flair: np.ndarray, heat: np.ndarray, vmax: float, prediction: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) grey FLAIR under a heat map (H, W) float scaled to [0, ``vmax``] -> (H, W, 3) uint8.
+
+    The colour ("inferno" of heat / vmax) is blended in with opacity sqrt(heat / vmax), so
+    where the map is 0 the plain FLAIR shows and a small disagreement is still visible; the
+    prediction, when given, is outlined in red as in :func:`overlay`.
+    """
+    from matplotlib import colormaps
+
+    grey = (flair if flair.dtype == np.uint8 else to_uint8(flair)).astype(np.float32)
+    level = np.clip(np.asarray(heat, np.float32) / vmax, 0.0, 1.0)
+    colour = colormaps["inferno"](level)[..., :3] * 255.0
+    alpha = np.sqrt(level)[..., None]
+    rgb = ((1.0 - alpha) * grey[..., None] + alpha * colour).round().astype(np.uint8)
+    if prediction is not None:
+        rgb[outline(prediction)] = RED
+    return rgb
+
+
+def heat_overlays(flair: np.ndarray, heat: np.ndarray, vmax: float,
+                  prediction: np.ndarray | None = None) -> list[np.ndarray]:
+    """One :func:`heat_overlay` per slice: flair (S, H, W), heat (S, H, W) float -> S images (H, W, 3) uint8."""
+    return [heat_overlay(flair[i], heat[i], vmax, None if prediction is None else prediction[i])
+            for i in range(len(flair))]
+
+
 def largest_slices(mask: np.ndarray, count: int = 6, tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``count`` slices of a (S, H, W) mask with the most foreground, in slice order.
 
