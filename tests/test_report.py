@@ -322,3 +322,14 @@ def test_a_difference_within_the_seeds_spread_is_reported_as_such(tmp_path):
     output = tmp_path / "R.md"
     report.build_report(best + base, output)
     assert "does not exceed the seeds' spread" in output.read_text()
+
+
+def test_runs_from_before_a_setting_existed_group_with_runs_that_record_it_off(tmp_path):
+    from tfseg.seed_groups import settings_key
+
+    old = {"arch": "unet", "seed": 42, "augment": {"flip": 0.5}, "logdir": "runs/a"}
+    new = {"arch": "unet", "seed": 43, "augment": {"flip": 0.5, "noise": 0.0}, "context": 1, "ema": None,
+           "logdir": "runs/b"}
+    assert settings_key(old) == settings_key(new)
+    assert settings_key(old) != settings_key({**new, "augment": {"flip": 0.5, "noise": 0.1}})
+    assert settings_key(old) != settings_key({**new, "context": 3})

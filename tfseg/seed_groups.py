@@ -48,8 +48,26 @@ class SeedGroup:
         return {patient: statistics.fmean(values) for patient, values in by_patient.items()}
 
 
+# Settings whose default is not "off" (0, None, False): a run written before the key existed had this value.
+DEFAULTS = {"context": 1}
+
+
 def settings_key(config: dict) -> str:
-    return json.dumps({k: v for k, v in sorted(config.items()) if k not in NOT_SETTINGS}, sort_keys=True)
+    """What was trained, comparable across tfseg versions.
+
+    Nested settings (``augment``) are flattened, and a setting that is off (0, None, False) or at its
+    :data:`DEFAULTS` value is left out: options added later (e.g. ``augment.noise``) are off by default,
+    so a run from before they existed trained the same thing as one that records them switched off.
+    """
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    kept = {k: v for k, v in flat.items()
+            if k not in NOT_SETTINGS and v not in (None, 0, False) and DEFAULTS.get(k, object()) != v}
+    return json.dumps(kept, sort_keys=True)
 
 
 def seed_groups(runs: list, min_size: int = 2) -> list[SeedGroup]:
