@@ -11,9 +11,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main(argv=None) -> int:
-    from tfseg.evaluation import main as evaluate_main
+    from tfseg.data.kaggle import DataError
+    from tfseg.ensemble import EnsembleError
+    from tfseg.evaluation import ModelLoadError, evaluate_model, request_from_args, summary_lines
 
-    return evaluate_main(argv)
+    request = request_from_args(sys.argv[1:] if argv is None else argv)
+    try:
+        summary = evaluate_model(request.models, request.data, request.out, request.patients, request.options,
+                                 overlays=request.overlays, command=request.command)
+    except (ModelLoadError, DataError, EnsembleError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(summary)))
+    return 0
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ import io
 import json
 import math
 import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -655,27 +654,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+@dataclass
+class EvalRequest:
+    """What `python evaluate.py ...` asks for: the arguments of :func:`evaluate_model`."""
+
+    models: list[str]
+    data: str | None
+    out: str | None
+    patients: list[str] | None
+    options: EvalOptions
+    overlays: bool
+    command: str
+
+
+def request_from_args(argv: Sequence[str]) -> EvalRequest:
+    """Parse evaluate.py's command line (argparse exits with a usage message on bad flags)."""
+    argv = list(argv)
     args = build_parser().parse_args(argv)
     options = EvalOptions(threshold=args.threshold, lcc=not args.no_lcc, tta=args.tta, batch_size=args.batch_size,
                           uncertainty=args.uncertainty)
-    try:
-        summary = evaluate_model(args.model, args.data, args.out, args.patients, options,
-                                 overlays=not args.no_overlays, command="python evaluate.py " + shlex.join(argv))
-    except (ModelLoadError, DataError, EnsembleError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{summary['n_patients']} patients: mean DSC {summary['mean_dsc']:.4f} (median {summary['median_dsc']:.4f}); "
-          f"native geometry {summary['mean_dsc_native']:.4f} (median {summary['median_dsc_native']:.4f}); "
-          f"mean HD95 (native) {_fmt(summary['mean_hd95_native'])} px")
+    return EvalRequest(args.model, args.data, args.out, args.patients, options, not args.no_overlays,
+                       "python evaluate.py " + shlex.join(argv))
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The lines evaluate.py prints: the headline figures, and the uncertainty ranking when there is one."""
+    lines = [f"{summary['n_patients']} patients: mean DSC {summary['mean_dsc']:.4f} (median {summary['median_dsc']:.4f}); "
+             f"native geometry {summary['mean_dsc_native']:.4f} (median {summary['median_dsc_native']:.4f}); "
+             f"mean HD95 (native) {_fmt(summary['mean_hd95_native'])} px"]
     if "uncertainty" in summary:
         ranking = summary["uncertainty"]
         rho = ranking["spearman_rho_with_dsc"]
-        print("uncertainty: Spearman rho with the native DSC " +
-              (f"{rho:.3f} (p = {ranking['p_value']:.3g})" if rho is not None else f"undefined ({ranking['why']})") +
-              f"; check first: {', '.join(ranking['check_first'][:3])}")
-    return 0
+        lines.append("uncertainty: Spearman rho with the native DSC " +
+                     (f"{rho:.3f} (p = {ranking['p_value']:.3g})" if rho is not None else f"undefined ({ranking['why']})")
+                     + f"; check first: {', '.join(ranking['check_first'][:3])}")
+    return lines
 
 
 def _fmt(value) -> str:
