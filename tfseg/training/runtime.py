@@ -55,11 +55,34 @@ def set_precision(requested: str = "auto") -> str:
     return policy
 
 
+# Seconds a worker waits for the rest of its cluster (to start, or to finish a training step)
+# before it stops with an error naming the workers it cannot reach. Override: TFSEG_WORKER_TIMEOUT.
+WORKER_TIMEOUT_SECONDS = 600.0
+
+_MULTI_WORKER: tf.distribute.Strategy | None = None  # TensorFlow allows one per process
+
+
+class ClusterError(RuntimeError):
+    """TF_CONFIG is unusable, or a worker of the cluster is missing or died."""
+
+
 def choose_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG is set, Mirrored with several GPUs (or several
-    logical CPUs configured by the caller), otherwise the default strategy."""
+    logical CPUs configured by the caller), otherwise the default strategy.
+
+    Call it before anything else touches TensorFlow (``train()`` does so first): the
+    collective ops of MultiWorkerMirroredStrategy can only be configured before
+    TensorFlow's context starts. The multi-worker strategy is created once per process
+    and waits at most ``worker_timeout()`` seconds for the other workers (``ClusterError``).
+    """
+    global _MULTI_WORKER
     if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if _MULTI_WORKER is None:
+            spec = cluster_spec()
+            with Watchdog(worker_timeout(), spec, "waiting for every worker to start"):
+                _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
+                wait_for_cluster(_MULTI_WORKER)
+        return _MULTI_WORKER
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
@@ -67,6 +90,126 @@ def choose_strategy() -> tf.distribute.Strategy:
     if not gpus and len(cpus) > 1:  # only when someone split the CPU on purpose (tests)
         return tf.distribute.MirroredStrategy([d.name for d in cpus])
     return tf.distribute.get_strategy()
+
+
+def worker_timeout() -> float:
+    value = os.environ.get("TFSEG_WORKER_TIMEOUT", str(WORKER_TIMEOUT_SECONDS))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ClusterError(f"TFSEG_WORKER_TIMEOUT={value!r} is not a positive number of seconds")
+    return seconds
+
+
+def cluster_spec() -> dict:
+    """TF_CONFIG checked: {"workers": [address, ...] (chief first), "task": (type, index), "chief": bool}.
+
+    Raises ClusterError naming what is wrong and showing the expected shape.
+    """
+    raw = os.environ.get("TF_CONFIG", "")
+    example = ('{"cluster": {"worker": ["host1:23456", "host2:23456"]}, "task": {"type": "worker", "index": 0}}')
+    try:
+        config = json.loads(raw)
+        workers = list(config["cluster"].get("chief", [])) + list(config["cluster"]["worker"])
+        task_type, index = config["task"]["type"], int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ClusterError(f"TF_CONFIG is not a usable cluster description ({type(err).__name__}: {err}); "
+                           f"it should look like {example}") from None
+    jobs = config["cluster"]
+    if task_type not in ("chief", "worker") or not 0 <= index < len(jobs.get(task_type, [])):
+        raise ClusterError(f"TF_CONFIG task {config['task']} is not in its cluster {jobs}; give every worker the "
+                           f"same cluster and its own task type (chief/worker) and index, e.g. {example}")
+    if set(jobs) - {"chief", "worker"}:
+        raise ClusterError(f"TF_CONFIG has jobs {sorted(set(jobs) - {'chief', 'worker'})}: tfseg trains with "
+                           "MultiWorkerMirroredStrategy, which only knows 'chief' and 'worker'.")
+    chief = task_type == "chief" or ("chief" not in jobs and index == 0)
+    return {"workers": workers, "task": (task_type, index), "chief": chief}
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder: always outside multi-worker training."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return cluster_spec()["chief"]
+
+
+def wait_for_cluster(strategy: tf.distribute.Strategy) -> None:
+    """A barrier: returns once every worker has reached it (a dummy all-reduce)."""
+    strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.constant(1.0)))
+
+
+class Watchdog:
+    """Stop this process with a clear message when the cluster makes no progress for ``seconds``.
+
+    A missing or dead worker makes the others wait in a collective op forever (and
+    TensorFlow ignores SIGTERM there), so a thread watches a deadline while the
+    watchdog is armed (``with Watchdog(...)``, or ``arm()``/``disarm()`` from callbacks)
+    and, past it, names the workers that do not answer on their port and exits (code 3).
+    """
+
+    EXIT_CODE = 3
+
+    def __init__(self, seconds: float, spec: dict, stage: str):
+        import threading
+
+        self.seconds, self.spec, self.stage = seconds, spec, stage
+        self.deadline: float | None = None
+        self.lock = threading.Lock()
+        threading.Thread(target=self._watch, name="tfseg-watchdog", daemon=True).start()
+
+    def arm(self, stage: str | None = None) -> None:
+        import time
+
+        with self.lock:
+            self.stage = stage or self.stage
+            self.deadline = time.monotonic() + self.seconds
+
+    def disarm(self) -> None:
+        with self.lock:
+            self.deadline = None
+
+    def __enter__(self):
+        self.arm()
+        return self
+
+    def __exit__(self, *exc):
+        self.disarm()
+
+    def _watch(self) -> None:
+        import sys
+        import time
+
+        while True:
+            time.sleep(0.5)
+            with self.lock:
+                expired = self.deadline is not None and time.monotonic() > self.deadline
+            if expired:
+                print(f"error: {self.message()}", file=sys.stderr, flush=True)
+                os._exit(self.EXIT_CODE)
+
+    def message(self) -> str:
+        task_type, index = self.spec["task"]
+        silent = [address for address in self.spec["workers"] if not _port_answers(address)]
+        who = (f"not answering: {', '.join(silent)}" if silent else
+               "every worker's port answers, so one is stuck or much slower (e.g. still packing the data)")
+        return (f"{task_type} {index}: no progress from the cluster for {self.seconds:.0f} s while "
+                f"{self.stage}; a worker is missing or died ({who}). Start every worker of TF_CONFIG's cluster "
+                f"(each with its own task index); after a failure restart all of them with --resume RUN_DIR. "
+                f"TFSEG_WORKER_TIMEOUT sets the wait (now {self.seconds:.0f} s).")
+
+
+def _port_answers(address: str, timeout: float = 2.0) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def machine_info() -> dict:
