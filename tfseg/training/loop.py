@@ -61,11 +61,31 @@ class AugmentedTrainer(keras.Model):
     def train_step(self, data):
         image, mask = data
         image, mask = self.augment(image, mask, training=True)
-        return super().train_step((image, self._targets(mask)))
+        return self._multi_worker_logs(super().train_step((image, self._targets(mask))))
 
     def test_step(self, data):
         image, mask = data
-        return super().test_step((image, self._targets(mask)))
+        return self._multi_worker_logs(super().test_step((image, self._targets(mask))))
+
+    # (image, mask) of one local batch, set before fit() under a multi-worker strategy.
+    example_batch = None
+
+    def _multi_worker_logs(self, logs):
+        # Under MultiWorkerMirroredStrategy Keras averages each log over replicas with
+        # strategy.reduce("MEAN", value, axis=0), which fails on a scalar (Keras 3.x); a (1,)
+        # value reduces to the same scalar. Elsewhere the logs are left alone.
+        if self.example_batch is None:
+            return logs
+        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds the model from the first distributed batch, averaged with an eager
+        # cross-replica reduce; MultiWorkerMirroredStrategy cannot reduce eagerly (TF 2.21:
+        # "Attempt to convert a value (PerReplica...)"), and the batch would be lost to the
+        # stream. A local example batch has the same shapes.
+        if iterator is not None and self.example_batch is not None:
+            iterator, data_batch = None, self.example_batch
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 def resolve_tfrecords(config: TrainConfig) -> Path:
@@ -216,6 +236,9 @@ def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict,
     callbacks = [c for c in callbacks if c is not None]
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau("val_volume_dsc", factor=0.5, patience=5, mode="max"))
+    if watch_in is not None:
+        example, _ = training_dataset(train_table, config.batch_size, config.seed, start_epoch, 1, config.context)
+        trainer.example_batch = next(iter(example))
     if start_epoch >= epochs:
         print(f"{run_dir} already finished {start_epoch} epochs")
     else:
@@ -261,10 +284,10 @@ def _cluster_watch(strategy) -> tuple:
     if getattr(strategy, "cluster_resolver", None) is None or not strategy.cluster_resolver.task_type:
         return None, None
     watchdog = Watchdog(worker_timeout(), cluster_spec(), "training")
-    arm = lambda *args: watchdog.arm("training: in a step or at the end of an epoch")  # noqa: E731
+    arm = lambda *args, **kwargs: watchdog.arm("training: in a step or at the end of an epoch")  # noqa: E731
     pause = keras.callbacks.LambdaCallback(on_train_begin=arm, on_train_batch_end=arm,
-                                           on_epoch_end=lambda *args: watchdog.disarm(),
-                                           on_train_end=lambda *args: watchdog.disarm())
+                                           on_epoch_end=lambda *args, **kwargs: watchdog.disarm(),
+                                           on_train_end=lambda *args, **kwargs: watchdog.disarm())
     resume = keras.callbacks.LambdaCallback(on_epoch_end=arm)
     return pause, resume
 
