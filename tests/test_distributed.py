@@ -80,7 +80,8 @@ def check_chief_run(run: Path, tmp_path: Path, epochs: int = 1) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == epochs and 0.0 <= metrics["best_val_volume_dsc"] <= 1.0
     config = json.loads((run / "config.json").read_text())
-    assert config["strategy"] == {"strategy": "MultiWorkerMirroredStrategy", "replicas": 2}
+    # TensorFlow's class behind tf.distribute.MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy
+    assert config["strategy"] == {"strategy": "CollectiveAllReduceStrategy", "replicas": 2}
     assert (run / "export" / "saved_model.pb").is_file() and (run / "best.keras").is_file()
     assert list((tmp_path / "tmp1").iterdir()) == []  # the other worker's temporary run folder is gone
     return metrics

@@ -28,8 +28,9 @@ from tfseg.metrics import DiceCoefficient
 from tfseg.models import build_model, deep_supervision_weights, inference_model
 from tfseg.training import callbacks as cb
 from tfseg.training.config import TrainConfig
-from tfseg.training.runtime import (ClusterError, Watchdog, choose_strategy, cluster_spec, code_version, cpu_has_bf16,
-                                    cpu_model, describe, is_chief, machine_info, set_precision, worker_timeout)
+from tfseg.training.runtime import (FIRST_STEP_EXTRA_SECONDS, ClusterError, Watchdog, choose_strategy, cluster_spec,
+                                    code_version, cpu_has_bf16, cpu_model, describe, is_chief, machine_info,
+                                    set_precision, worker_timeout)
 from tfseg.training.schedules import PlannedSchedule
 
 
@@ -285,7 +286,9 @@ def _cluster_watch(strategy) -> tuple:
         return None, None
     watchdog = Watchdog(worker_timeout(), cluster_spec(), "training")
     arm = lambda *args, **kwargs: watchdog.arm("training: in a step or at the end of an epoch")  # noqa: E731
-    pause = keras.callbacks.LambdaCallback(on_train_begin=arm, on_train_batch_end=arm,
+    first = lambda *args, **kwargs: watchdog.arm("training: the first step (tracing it)",  # noqa: E731
+                                                 FIRST_STEP_EXTRA_SECONDS)
+    pause = keras.callbacks.LambdaCallback(on_train_begin=first, on_train_batch_end=arm,
                                            on_epoch_end=lambda *args, **kwargs: watchdog.disarm(),
                                            on_train_end=lambda *args, **kwargs: watchdog.disarm())
     resume = keras.callbacks.LambdaCallback(on_epoch_end=arm)

@@ -58,6 +58,8 @@ def set_precision(requested: str = "auto") -> str:
 # Seconds a worker waits for the rest of its cluster (to start, or to finish a training step)
 # before it stops with an error naming the workers it cannot reach. Override: TFSEG_WORKER_TIMEOUT.
 WORKER_TIMEOUT_SECONDS = 600.0
+# Added to the wait for the first step of a run, which traces and compiles the training step.
+FIRST_STEP_EXTRA_SECONDS = 300.0
 
 _MULTI_WORKER: tf.distribute.Strategy | None = None  # TensorFlow allows one per process
 
@@ -160,12 +162,12 @@ class Watchdog:
         self.lock = threading.Lock()
         threading.Thread(target=self._watch, name="tfseg-watchdog", daemon=True).start()
 
-    def arm(self, stage: str | None = None) -> None:
+    def arm(self, stage: str | None = None, extra_seconds: float = 0.0) -> None:
         import time
 
         with self.lock:
             self.stage = stage or self.stage
-            self.deadline = time.monotonic() + self.seconds
+            self.deadline = time.monotonic() + self.seconds + extra_seconds
 
     def disarm(self) -> None:
         with self.lock:
