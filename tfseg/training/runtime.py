@@ -144,34 +144,41 @@ def wait_for_cluster(strategy: tf.distribute.Strategy) -> None:
 
 
 class Watchdog:
-    """Stop this process with a clear message when the cluster makes no progress for ``seconds``.
+    """Stop this worker with a clear message when the cluster makes no progress for ``seconds``.
 
-    A missing or dead worker makes the others wait in a collective op forever (and
-    TensorFlow ignores SIGTERM there), so a thread watches a deadline while the
-    watchdog is armed (``with Watchdog(...)``, or ``arm()``/``disarm()`` from callbacks)
-    and, past it, names the workers that do not answer on their port and exits (code 3).
+    Armed with ``with Watchdog(...)`` or ``arm()``/``disarm()`` from callbacks. The deadline is
+    kept by a child process (``tfseg.training.watchdog``): a worker blocked in a collective
+    holds the interpreter lock and ignores SIGTERM, so only another process can stop it
+    (SIGKILL, after printing which workers do not answer on their port).
     """
 
-    EXIT_CODE = 3
-
     def __init__(self, seconds: float, spec: dict, stage: str):
-        import threading
+        import subprocess
+        import sys
 
-        self.seconds, self.spec, self.stage = seconds, spec, stage
-        self.deadline: float | None = None
-        self.lock = threading.Lock()
-        threading.Thread(target=self._watch, name="tfseg-watchdog", daemon=True).start()
+        self.seconds, self.stage = seconds, stage
+        self.child = subprocess.Popen([sys.executable, "-m", "tfseg.training.watchdog", str(os.getpid()),
+                                       json.dumps(spec)], stdin=subprocess.PIPE, text=True,
+                                      cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+    def _send(self, line: str) -> None:
+        try:
+            self.child.stdin.write(line + "\n")
+            self.child.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
 
     def arm(self, stage: str | None = None, extra_seconds: float = 0.0) -> None:
-        import time
-
-        with self.lock:
-            self.stage = stage or self.stage
-            self.deadline = time.monotonic() + self.seconds + extra_seconds
+        self.stage = stage or self.stage
+        self._send(f"arm {self.seconds + extra_seconds} {self.stage}")
 
     def disarm(self) -> None:
-        with self.lock:
-            self.deadline = None
+        self._send("disarm")
+
+    def close(self) -> None:
+        if self.child.stdin and not self.child.stdin.closed:
+            self.child.stdin.close()
+        self.child.wait(10)
 
     def __enter__(self):
         self.arm()
@@ -179,39 +186,7 @@ class Watchdog:
 
     def __exit__(self, *exc):
         self.disarm()
-
-    def _watch(self) -> None:
-        import sys
-        import time
-
-        while True:
-            time.sleep(0.5)
-            with self.lock:
-                expired = self.deadline is not None and time.monotonic() > self.deadline
-            if expired:
-                print(f"error: {self.message()}", file=sys.stderr, flush=True)
-                os._exit(self.EXIT_CODE)
-
-    def message(self) -> str:
-        task_type, index = self.spec["task"]
-        silent = [address for address in self.spec["workers"] if not _port_answers(address)]
-        who = (f"not answering: {', '.join(silent)}" if silent else
-               "every worker's port answers, so one is stuck or much slower (e.g. still packing the data)")
-        return (f"{task_type} {index}: no progress from the cluster for {self.seconds:.0f} s while "
-                f"{self.stage}; a worker is missing or died ({who}). Start every worker of TF_CONFIG's cluster "
-                f"(each with its own task index); after a failure restart all of them with --resume RUN_DIR. "
-                f"TFSEG_WORKER_TIMEOUT sets the wait (now {self.seconds:.0f} s).")
-
-
-def _port_answers(address: str, timeout: float = 2.0) -> bool:
-    import socket
-
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
+        self.close()
 
 
 def machine_info() -> dict:
