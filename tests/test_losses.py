@@ -185,3 +185,53 @@ def test_get_loss_rejects_unknown_names_and_lists_the_known_ones():
 def test_bce_weight_outside_unit_interval_is_rejected():
     with pytest.raises(ValueError, match="bce_weight"):
         BCEDiceLoss(bce_weight=1.5)
+
+
+def test_under_two_mirrored_replicas_every_loss_and_its_gradient_are_those_of_the_whole_global_batch():
+    """2 logical CPUs (a fresh process: devices are fixed at TensorFlow start-up), 4 + 4 images: the
+    loss each replica reports and the gradient summed over replicas (what the optimizer applies) equal
+    the single-device loss and gradient of all 8 images, not the mean of two per-replica losses."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent("""
+        import json, numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tfseg.losses import LOSSES, get_loss
+        rng = np.random.default_rng(0)
+        y = (rng.random((8, 16, 16, 1)) > 0.8).astype("float32")
+        y[4:] = 0  # replica 1 sees no tumour: a per-replica mean would differ a lot from the global Dice
+        logits = rng.normal(size=(8, 16, 16, 1)).astype("float32")
+
+        def loss_and_grad(loss, y, logits, w):
+            with tf.GradientTape() as tape:
+                value = loss(y, tf.sigmoid(w * logits))
+            return value, tape.gradient(value, w)
+
+        mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        out = {}
+        for name in LOSSES:
+            loss = get_loss(name)
+            w = tf.Variable(1.5)
+            single, single_grad = loss_and_grad(loss, y, logits, w)
+            with mirrored.scope():
+                wm = tf.Variable(1.5)
+            halves = mirrored.experimental_distribute_values_from_function(
+                lambda ctx: (y[4 * ctx.replica_id_in_sync_group:][:4], logits[4 * ctx.replica_id_in_sync_group:][:4]))
+            values, grads = mirrored.run(tf.function(lambda b: loss_and_grad(loss, b[0], b[1], wm)), args=(halves,))
+            out[name] = {"single": float(single), "single_grad": float(single_grad),
+                         # Keras scales each replica's loss by 1/2 and the optimizer sums the replicas' gradients
+                         "replicas": [2 * float(v) for v in mirrored.experimental_local_results(values)],
+                         "grad": float(mirrored.reduce("SUM", grads, axis=None))}
+        print(json.dumps(out))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, out in json.loads(result.stdout.strip().splitlines()[-1]).items():
+        assert out["replicas"] == pytest.approx([out["single"]] * 2, rel=1e-5), name
+        assert out["grad"] == pytest.approx(out["single_grad"], rel=1e-4, abs=1e-7), name

@@ -46,7 +46,7 @@ def sha256(path):
 def in_process(monkeypatch):
     """Run pack()'s workers as threads of this process (same code path, no process start-up)."""
     monkeypatch.setattr(pack_module, "ProcessPoolExecutor",
-                        lambda workers, mp_context=None: ThreadPoolExecutor(workers))
+                        lambda workers, **kwargs: ThreadPoolExecutor(workers))
 
 
 @pytest.fixture
@@ -245,3 +245,90 @@ def test_image_size_that_is_not_a_multiple_of_16_is_rejected(phantom_dir, tmp_pa
     with pytest.raises(ValueError, match="multiple of 16"):
         pack(phantom_dir, tmp_path / "out", image_size=100, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# --- faults: a packer killed or interrupted --------------------------------------------------------
+
+
+def _children(pid: int) -> set[int]:
+    listing = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return {int(p) for p in listing.split()}
+
+
+def _alive(pids) -> set[int]:
+    from tfseg.fileio import process_is_alive
+
+    return {p for p in pids if process_is_alive(p) and
+            "Z" not in subprocess.run(["ps", "-o", "stat=", "-p", str(p)], capture_output=True, text=True).stdout}
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _packer_with_a_temporary_shard(data, out):
+    """A `python -m tfseg.data.pack` process (2 workers), returned once its first temporary shard exists."""
+    packer = subprocess.Popen([sys.executable, "-m", "tfseg.data.pack", "--data", str(data), "--out", str(out),
+                               "--image-size", "64", "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    workers = set()
+
+    def first_temporary():
+        workers.update(_children(packer.pid))  # collected while the packer lives: orphans change parent
+        assert packer.poll() is None, "the packer finished before it could be interrupted"
+        return list(out.glob(".*.tmp-*"))
+
+    _wait_for(first_temporary, 120, "the first temporary shard")
+    return packer, workers
+
+
+def test_a_packer_killed_with_sigkill_leaves_no_workers_and_the_next_pack_removes_its_temporaries(
+        phantom_dir, packed_phantom_dir, tmp_path, in_process):
+    import signal
+
+    out = tmp_path / "tfrecords"
+    packer, workers = _packer_with_a_temporary_shard(phantom_dir, out)
+    assert len(workers) >= 2
+    packer.send_signal(signal.SIGKILL)
+    packer.wait(10)
+    assert list(out.glob(".*.tmp-*")), "kill -9 should leave the temporary shard behind"
+    _wait_for(lambda: not _alive(workers), 15, f"the orphaned workers {sorted(_alive(workers))} to exit")
+
+    manifest = pack(phantom_dir, out, image_size=64, progress=False)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    expected = json.loads((packed_phantom_dir / "manifest.json").read_text())["patients"]
+    assert {n: e["sha256"] for n, e in manifest["patients"].items()} == {n: e["sha256"] for n, e in expected.items()}
+
+
+def test_ctrl_c_stops_the_packers_workers_removes_its_temporaries_and_says_how_to_finish(phantom_dir, tmp_path):
+    import signal
+
+    out = tmp_path / "tfrecords"
+    packer, workers = _packer_with_a_temporary_shard(phantom_dir, out)
+    packer.send_signal(signal.SIGINT)  # to the parent only, as `kill -INT` does
+    _, stderr = packer.communicate(timeout=30)
+    assert packer.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Run the same command again" in stderr
+    _wait_for(lambda: not _alive(workers), 10, f"the workers {sorted(_alive(workers))} to exit")
+    assert list(out.iterdir()) == []
+
+
+def test_only_temporaries_of_writers_that_no_longer_run_are_removed(tmp_path):
+    from tfseg.fileio import remove_dead_temporaries
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead = tmp_path / f".A.tfrecord.gz.tmp-{finished.pid}"
+    live = tmp_path / f".B.tfrecord.gz.tmp-{os.getppid()}"  # e.g. a second packer still writing
+    for path in (dead, live):
+        path.write_bytes(b"partial")
+    assert remove_dead_temporaries(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]

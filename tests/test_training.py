@@ -391,3 +391,42 @@ def test_an_out_of_range_augmentation_flag_is_rejected_naming_it(capsys):
     with pytest.raises(SystemExit):
         config_from_args(["--aug-sequence-dropout", "1.5"])
     assert "sequence_dropout" in capsys.readouterr().err
+
+
+def test_kill_9_in_epoch_3_then_resume_gives_the_uninterrupted_validation_dsc_at_every_epoch(packed_phantom, tmp_path):
+    """A real SIGKILL (the process kills itself at the first batch of epoch 3, after epoch 2's checkpoint),
+    then --resume in a fresh process: the same per-epoch validation DSC and loss as a 3-epoch run in one go."""
+    import signal
+
+    base = dict(data=str(packed_phantom), image_size=64, base_filters=4, batch_size=4, val_cases=1,
+                precision="float32", seed=3, epochs=3)
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal, tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
+        from tfseg.training import callbacks as cb
+        from tfseg.training.config import TrainConfig
+        from tfseg.training.loop import train
+        step = cb.NonFiniteGuard.on_train_batch_end
+        def die_in_epoch_3(self, batch, logs=None):
+            step(self, batch, logs)
+            if self.epoch == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        cb.NonFiniteGuard.on_train_batch_end = die_in_epoch_3
+        train(TrainConfig(logdir={str(tmp_path / 'part')!r}, **{base!r}), export=False)
+    """)], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                       "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert json.loads((tmp_path / "part" / "state.json").read_text())["epoch"] == 2
+    run_python(f"""
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
+        from tfseg.training.config import TrainConfig
+        from tfseg.training.loop import train
+        train(TrainConfig(), resume={str(tmp_path / 'part')!r}, export=False)
+        train(TrainConfig(logdir={str(tmp_path / 'full')!r}, **{base!r}), export=False)
+    """)
+    full, part = (json.loads((tmp_path / r / "state.json").read_text())["history"] for r in ("full", "part"))
+    assert [h["val_volume_dsc"] for h in part] == [h["val_volume_dsc"] for h in full]
+    assert [h["loss"] for h in part] == pytest.approx([h["loss"] for h in full], rel=1e-6)
+    assert sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())  # nothing of the killed epoch 3 left

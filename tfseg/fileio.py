@@ -62,3 +62,30 @@ def sha256_files(root: str | os.PathLike, files: list[Path]) -> str:
     for path in files:
         digest.update(Path(path).relative_to(root).as_posix().encode() + b"\0" + sha256_file(path).encode())
     return digest.hexdigest()
+
+
+def process_is_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a temporary name carries its writer's pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def remove_dead_temporaries(folder: str | os.PathLike, mark: str = TMP_MARK) -> list[Path]:
+    """Delete ``.<name><mark><pid>`` files in ``folder`` whose writer (pid) is no longer running.
+
+    A writer killed with SIGKILL cannot clean up after itself; the next run does it here.
+    Files of a writer that is still running (e.g. a second packer on the same folder) are kept.
+    Returns the paths removed.
+    """
+    removed = []
+    for path in Path(folder).glob(f".*{mark}*"):
+        pid = path.name.rsplit(mark, 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_is_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

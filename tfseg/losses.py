@@ -8,8 +8,11 @@ mixed-precision model neither overflow (a float16 sum stops at 65504, i.e. one
 
 The overlap losses are computed over the **whole batch** (one intersection, one
 sum of the mask, one sum of the prediction), as the reference PyTorch DiceLoss
-of Buda et al. does, not per image and then averaged. See `_BatchLoss` for how
-that single value passes through Keras' loss reduction unchanged.
+of Buda et al. does, not per image and then averaged. Under `tf.distribute`
+the whole batch is the **global** batch: each replica's sums are added over all
+replicas (and workers) before the ratio is taken, so two replicas of 8 images
+train on the Dice of the 16 images, exactly as one device would. See
+`_BatchLoss` for how that single value passes through Keras' loss reduction.
 
 Written with `keras.ops` only: the same objects run under TensorFlow and JAX.
 """
@@ -24,22 +27,39 @@ def _as_float32(y_true, y_pred):
     return ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
 
 
-def _soft_counts(y_true, y_pred):
-    """Soft true positives, false positives and false negatives over the whole batch (float32 scalars)."""
-    tp = ops.sum(y_true * y_pred)
-    fp = ops.sum((1.0 - y_true) * y_pred)
-    fn = ops.sum(y_true * (1.0 - y_pred))
-    return tp, fp, fn
+def _overlap_sums(y_true, y_pred):
+    """[sum(y * p), sum(y), sum(p)] over the replica's batch: (3,) float32."""
+    return ops.stack([ops.sum(y_true * y_pred), ops.sum(y_true), ops.sum(y_pred)])
 
 
-def _dice_loss(y_true, y_pred, smooth):
-    intersection = ops.sum(y_true * y_pred)
-    return 1.0 - (2.0 * intersection + smooth) / (ops.sum(y_true) + ops.sum(y_pred) + smooth)
+def _dice_loss(sums, smooth):
+    """The soft Dice loss from `_overlap_sums` (of the whole global batch)."""
+    intersection, mask, prediction = sums[0], sums[1], sums[2]
+    return 1.0 - (2.0 * intersection + smooth) / (mask + prediction + smooth)
 
 
-def _tversky_index(y_true, y_pred, alpha, beta, smooth):
-    tp, fp, fn = _soft_counts(y_true, y_pred)
+def _tversky_index(sums, alpha, beta, smooth):
+    """TP / (TP + alpha FP + beta FN), smoothed, with FP = sum(p) - TP and FN = sum(y) - TP."""
+    tp, mask, prediction = sums[0], sums[1], sums[2]
+    fp, fn = prediction - tp, mask - tp
     return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+
+
+def sum_over_replicas(values):
+    """Add a tensor of per-replica sums over every replica of the current `tf.distribute` strategy.
+
+    Identity outside a replica context, with one replica, or under another backend.
+    The all-reduce is differentiable (its gradient is the all-reduce of the incoming
+    gradients), so each replica's gradient is that of the global loss.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return values
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 class _BatchLoss(keras.losses.Loss):
@@ -54,6 +74,13 @@ class _BatchLoss(keras.losses.Loss):
     (A rank-0 value would skip that scaling and multi-replica gradients would
     be `num_replicas` times too large.) With `reduction=None` the result is
     the (1,) tensor.
+
+    Under `tf.distribute` (R replicas) each replica computes `sums()` of its
+    share of the batch; `sum_over_replicas` adds them, so every replica holds
+    the loss of the global batch. Keras scales each replica's loss by 1/R and
+    adds the replicas' gradients; the all-reduce's gradient hands each replica
+    the sum of the R upstream gradients (R × 1/R = the full one), so the applied
+    gradient is exactly that of the global-batch loss on one device.
 
     `sample_weight` is refused: a per-sample weight has no meaning for one
     value computed over the whole batch.
@@ -76,7 +103,15 @@ class _BatchLoss(keras.losses.Loss):
         return ops.reshape(self.batch_loss(y_true, y_pred), (1,))
 
     def batch_loss(self, y_true, y_pred):
-        """The loss of the whole batch: float32 (B, H, W, 1) inputs -> float32 scalar."""
+        """The loss of the whole (global) batch: float32 (B, H, W, 1) inputs -> float32 scalar."""
+        return self.from_sums(sum_over_replicas(self.sums(y_true, y_pred)))
+
+    def sums(self, y_true, y_pred):
+        """Additive statistics of one replica's batch: float32 (B, H, W, 1) inputs -> (K,) float32."""
+        return _overlap_sums(y_true, y_pred)
+
+    def from_sums(self, sums):
+        """The loss from the statistics of the global batch: (K,) float32 -> float32 scalar."""
         raise NotImplementedError
 
 
@@ -98,8 +133,8 @@ class DiceLoss(_BatchLoss):
         super().__init__(name=name, reduction=reduction)
         self.smooth = float(smooth)
 
-    def batch_loss(self, y_true, y_pred):
-        return _dice_loss(y_true, y_pred, self.smooth)
+    def from_sums(self, sums):
+        return _dice_loss(sums, self.smooth)
 
     def get_config(self):
         return {**super().get_config(), "smooth": self.smooth}
@@ -130,8 +165,8 @@ class TverskyLoss(_BatchLoss):
         self.beta = float(beta)
         self.smooth = float(smooth)
 
-    def batch_loss(self, y_true, y_pred):
-        return 1.0 - _tversky_index(y_true, y_pred, self.alpha, self.beta, self.smooth)
+    def from_sums(self, sums):
+        return 1.0 - _tversky_index(sums, self.alpha, self.beta, self.smooth)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "smooth": self.smooth}
@@ -166,8 +201,8 @@ class FocalTverskyLoss(_BatchLoss):
         self.gamma = float(gamma)
         self.smooth = float(smooth)
 
-    def batch_loss(self, y_true, y_pred):
-        ti = _tversky_index(y_true, y_pred, self.alpha, self.beta, self.smooth)
+    def from_sums(self, sums):
+        ti = _tversky_index(sums, self.alpha, self.beta, self.smooth)
         return ops.power(ops.maximum(1.0 - ti, EPSILON), self.gamma)
 
     def get_config(self):
@@ -198,10 +233,15 @@ class BCEDiceLoss(_BatchLoss):
         self.bce_weight = float(bce_weight)
         self.smooth = float(smooth)
 
-    def batch_loss(self, y_true, y_pred):
+    def sums(self, y_true, y_pred):
         p = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
-        bce = -ops.mean(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
-        return self.bce_weight * bce + (1.0 - self.bce_weight) * _dice_loss(y_true, y_pred, self.smooth)
+        log_likelihood = ops.sum(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+        pixels = ops.cast(ops.size(y_true), "float32")
+        return ops.concatenate([_overlap_sums(y_true, y_pred), ops.stack([log_likelihood, pixels])])
+
+    def from_sums(self, sums):
+        bce = -sums[3] / sums[4]  # the mean over every pixel of the global batch
+        return self.bce_weight * bce + (1.0 - self.bce_weight) * _dice_loss(sums[:3], self.smooth)
 
     def get_config(self):
         return {**super().get_config(), "bce_weight": self.bce_weight, "smooth": self.smooth}

@@ -2,7 +2,9 @@
 
 `Augment` is a Keras layer written with `keras.ops` and `keras.random` only, so
 it runs under any backend, inside a `tf.function` train step and under
-`tf.distribute`. It transforms image and mask together:
+`tf.distribute` (where each replica draws its own numbers: the one
+TensorFlow-specific line reads the replica's index). It transforms image and
+mask together:
 
 - geometric (image and mask): one affine transform per sample, composed of a
   zoom about the centre by U(1 - scale, 1 + scale), a rotation about the centre
@@ -160,6 +162,43 @@ def affine_warp(images, transform, interpolation="bilinear"):
     return top * (1 - wy) + bottom * wy
 
 
+# Random draws per call (at most 7 today); each call's seeds are spaced this far apart.
+DRAWS_PER_CALL = 16
+# Replica r of a distributed step offsets the first seed word by r times this.
+REPLICA_SEED_STRIDE = 1 << 20
+
+
+def _replica_index():
+    """This replica's index in the current `tf.distribute` step (global over workers); 0 elsewhere."""
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
+
+
+class _CallSeeds(keras.random.SeedGenerator):
+    """The seeds of one `Augment` call: what `keras.random` functions take as ``seed=``.
+
+    Built from the layer generator's state for this call ``[s, c]`` and the replica index
+    ``r``: draw ``k`` uses ``[s + r * REPLICA_SEED_STRIDE, c * DRAWS_PER_CALL + k]``. The layer's
+    generator is a mirrored variable, identical on every replica; without ``r`` all replicas
+    of a step would flip, rotate and zoom their images alike. Holds no variable of its own.
+    """
+
+    def __init__(self, call_seed, replica):  # deliberately no super().__init__: no state variable
+        self.first = call_seed[0] + ops.cast(replica, call_seed.dtype) * REPLICA_SEED_STRIDE
+        self.second = call_seed[1] * DRAWS_PER_CALL
+        self.draws = 0
+
+    def next(self, ordered=True):
+        if self.draws >= DRAWS_PER_CALL:
+            raise RuntimeError(f"Augment draws more than DRAWS_PER_CALL={DRAWS_PER_CALL} random tensors per call")
+        self.draws += 1
+        return ops.stack([self.first, self.second + self.draws])
+
+
 @keras.saving.register_keras_serializable(package="tfseg")
 class Augment(keras.layers.Layer):
     """Random augmentation of a batch of images and their masks.
@@ -170,6 +209,9 @@ class Augment(keras.layers.Layer):
         seed: integer seed of the layer's `keras.random.SeedGenerator`
             (`self.seed_generator`, whose state is a non-trainable variable
             and so is saved with checkpoints); None draws a random seed.
+            Every call advances the generator once; under `tf.distribute` the
+            replica's index is folded into that call's seed, so each replica
+            (and worker) draws its own transforms (`_CallSeeds`).
 
     Call arguments:
         images: (B, H, W, C) float tensor.
@@ -200,25 +242,26 @@ class Augment(keras.layers.Layer):
         if not training or not (self.config.geometric or self.config.intensity or self.config.sequence_dropout):
             return images, masks
         image_dtype, mask_dtype = images.dtype, masks.dtype
+        seeds = _CallSeeds(self.seed_generator.next(), _replica_index())
         x = ops.cast(images, "float32")
         y = ops.cast(masks, "float32")
         # Intensity first, so the area filled by the geometric transform stays exactly 0.
         if self.config.intensity:
-            x = self._intensity(x)
+            x = self._intensity(x, seeds)
         # After the noise, so that a copied channel carries FLAIR's noise, as in kaggle_3m.
         if self.config.sequence_dropout:
-            x = self._drop_sequences(x)
+            x = self._drop_sequences(x, seeds)
         if self.config.geometric:
-            transform = self._affine_transforms(ops.shape(x))
+            transform = self._affine_transforms(ops.shape(x), seeds)
             x = affine_warp(x, transform, interpolation="bilinear")
             y = affine_warp(y, transform, interpolation="nearest")
         return ops.cast(x, image_dtype), ops.cast(y, mask_dtype)
 
-    def _uniform(self, batch, low, high):
-        return keras.random.uniform((batch,), minval=low, maxval=high, dtype="float32",
-                                    seed=self.seed_generator)
+    @staticmethod
+    def _uniform(batch, low, high, seeds):
+        return keras.random.uniform((batch,), minval=low, maxval=high, dtype="float32", seed=seeds)
 
-    def _affine_transforms(self, shape):
+    def _affine_transforms(self, shape, seeds=None):
         """(B, 8) transforms for `affine_warp` / `ops.image.affine_transform`.
 
         Both map each *output* pixel (x = column, y = row, pixel centres at
@@ -229,21 +272,22 @@ class Augment(keras.layers.Layer):
         with c = ((W - 1) / 2, (H - 1) / 2) the image centre and F = diag(±1, 1)
         the horizontal flip.
         """
+        seeds = seeds or self.seed_generator  # called alone (tests): the layer's generator
         batch = shape[0]
         height = ops.cast(shape[1], "float32")
         width = ops.cast(shape[2], "float32")
         cfg = self.config
         ones = ops.ones((batch,), dtype="float32")
 
-        zoom = self._uniform(batch, 1.0 - cfg.scale, 1.0 + cfg.scale) if cfg.scale else ones
+        zoom = self._uniform(batch, 1.0 - cfg.scale, 1.0 + cfg.scale, seeds) if cfg.scale else ones
         if cfg.rotation:
             limit = cfg.rotation * math.pi / 180.0
-            angle = self._uniform(batch, -limit, limit)
+            angle = self._uniform(batch, -limit, limit, seeds)
             cos, sin = ops.cos(angle), ops.sin(angle)
         else:
             cos, sin = ones, ops.zeros((batch,), dtype="float32")
         if cfg.flip:
-            flip = ops.where(self._uniform(batch, 0.0, 1.0) < cfg.flip, -ones, ones)
+            flip = ops.where(self._uniform(batch, 0.0, 1.0, seeds) < cfg.flip, -ones, ones)
         else:
             flip = ones
 
@@ -255,8 +299,9 @@ class Augment(keras.layers.Layer):
         zeros = ops.zeros((batch,), dtype="float32")
         return ops.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
 
-    def _intensity(self, x):
+    def _intensity(self, x, seeds=None):
         """Brightness, contrast, gamma and noise on a (B, H, W, C) float32 batch."""
+        seeds = seeds or self.seed_generator  # called alone (tests): the layer's generator
         cfg = self.config
         batch = ops.shape(x)[0]
 
@@ -264,31 +309,32 @@ class Augment(keras.layers.Layer):
             return ops.reshape(values, (-1, 1, 1, 1))
 
         if cfg.gamma:
-            exponent = per_sample(ops.exp(self._uniform(batch, -cfg.gamma, cfg.gamma)))
+            exponent = per_sample(ops.exp(self._uniform(batch, -cfg.gamma, cfg.gamma, seeds)))
             low = ops.min(x, axis=(1, 2), keepdims=True)
             span = ops.max(x, axis=(1, 2), keepdims=True) - low
             unit = ops.clip((x - low) / ops.maximum(span, 1e-6), 0.0, 1.0)
             x = low + ops.power(unit, exponent) * span
         if cfg.contrast:
-            factor = per_sample(self._uniform(batch, 1.0 - cfg.contrast, 1.0 + cfg.contrast))
+            factor = per_sample(self._uniform(batch, 1.0 - cfg.contrast, 1.0 + cfg.contrast, seeds))
             mean = ops.mean(x, axis=(1, 2), keepdims=True)
             x = mean + (x - mean) * factor
         if cfg.brightness:
-            x = x + per_sample(self._uniform(batch, -cfg.brightness, cfg.brightness))
+            x = x + per_sample(self._uniform(batch, -cfg.brightness, cfg.brightness, seeds))
         if cfg.noise:
-            x = x + cfg.noise * keras.random.normal(ops.shape(x), dtype="float32", seed=self.seed_generator)
+            x = x + cfg.noise * keras.random.normal(ops.shape(x), dtype="float32", seed=seeds)
         return x
 
-    def _drop_sequences(self, x):
+    def _drop_sequences(self, x, seeds=None):
         """Replace pre-contrast, post-contrast or both by FLAIR in a ``sequence_dropout`` share of a
         (B, H, W, 3·K) float32 batch (channels: K stacks of pre, FLAIR, post)."""
+        seeds = seeds or self.seed_generator  # called alone (tests): the layer's generator
         channels = x.shape[-1]
         if channels is None or channels % 3:
             raise ValueError(f"sequence_dropout needs 3·K channels (stacks of pre-contrast, FLAIR, post-contrast), "
                              f"got a batch of shape {tuple(x.shape)}")
         batch = ops.shape(x)[0]
-        drop = self._uniform(batch, 0.0, 1.0) < self.config.sequence_dropout
-        which = self._uniform(batch, 0.0, 3.0)  # [0, 1): pre, [1, 2): post, [2, 3): both
+        drop = self._uniform(batch, 0.0, 1.0, seeds) < self.config.sequence_dropout
+        which = self._uniform(batch, 0.0, 3.0, seeds)  # [0, 1): pre, [1, 2): post, [2, 3): both
         drop_pre = drop & ((which < 1.0) | (which >= 2.0))
         drop_post = drop & (which >= 1.0)
         is_pre = ops.convert_to_tensor([1.0, 0.0, 0.0] * (channels // 3))

@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -27,10 +28,10 @@ from tqdm import tqdm
 import tfseg
 from tfseg.data import protocol
 from tfseg.data.kaggle import DataError, PatientFiles, read_patient, scan_folder
-from tfseg.data.records import (FORMAT_VERSION, IMAGE_DTYPE, MANIFEST, SHARD_SUFFIX, read_manifest,
-                                serialize_slices, sha256_file, write_json_atomic, write_shard)
-
-TMP_MARK = ".tmp-"
+from tfseg.data.records import (FORMAT_VERSION, IMAGE_DTYPE, MANIFEST, SHARD_SUFFIX, read_manifest, serialize_slices,
+                                write_shard)
+# Shards are written through fileio's temporary names, so dead writers' leftovers are found the same way.
+from tfseg.fileio import TMP_MARK, remove_dead_temporaries, sha256_file, write_json_atomic
 
 
 def preprocessing_params(image_size: int) -> dict:
@@ -85,11 +86,6 @@ def _is_current(entry: dict | None, key: str, out: Path) -> bool:
     return path.is_file() and sha256_file(path) == entry["sha256"]
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    for path in out.glob(f".*{TMP_MARK}*"):
-        path.unlink(missing_ok=True)
-
-
 def pack(data: str | os.PathLike = "kaggle_3m", out: str | os.PathLike = "tfrecords", image_size: int = 256,
          workers: int | None = None, progress: bool = True) -> dict:
     """Pack (or reuse) the shards of every patient in ``data`` into ``out``; returns the manifest.
@@ -103,7 +99,7 @@ def pack(data: str | os.PathLike = "kaggle_3m", out: str | os.PathLike = "tfreco
     scanned = scan_folder(source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
+    remove_dead_temporaries(out, TMP_MARK)  # left by a packer that was killed (kill -9, power loss)
     params = preprocessing_params(image_size)
     old = _existing_manifest(out)
     keys = {files.patient: _patient_key(files, params) for files in scanned}
@@ -132,25 +128,56 @@ def pack(data: str | os.PathLike = "kaggle_3m", out: str | os.PathLike = "tfreco
 
 
 def _pack_all(todo: list[PatientFiles], out: Path, image_size: int, workers: int | None, progress: bool) -> dict:
-    """Pack patients in worker processes to temporary shards; rename all only if all succeed."""
+    """Pack patients in worker processes to temporary shards; rename all only if all succeed.
+
+    On any failure or interruption (Ctrl-C) the workers are stopped at once and the
+    temporary shards removed; workers also exit by themselves if this process dies
+    (``_exit_with_parent``), so a killed packer leaves no orphans behind.
+    """
     workers = workers or min(len(todo), os.cpu_count() or 1)
     tmp = {f.patient: out / f".{f.patient}{SHARD_SUFFIX}{TMP_MARK}{os.getpid()}" for f in todo}
     results = {}
+    before = set(multiprocessing.active_children())
+    # spawn: the workers import TensorFlow, which must not be forked from a process that may hold it
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
-        # spawn: the workers import TensorFlow, which must not be forked from a process that may hold it
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_pack_patient, f, str(tmp[f.patient]), image_size): f.patient for f in todo}
-            for future in tqdm(as_completed(futures), total=len(futures), desc="packing", unit="patient",
-                               disable=not progress):
-                results[futures[future]] = future.result()
+        futures = {pool.submit(_pack_patient, f, str(tmp[f.patient]), image_size): f.patient for f in todo}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="packing", unit="patient",
+                           disable=not progress):
+            results[futures[future]] = future.result()
     except BaseException:
+        # Waiting for the running patients would keep a Ctrl-C waiting for minutes: stop the workers.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in set(multiprocessing.active_children()) - before:
+            process.kill()
+            process.join(5)
         for path in tmp.values():
             path.unlink(missing_ok=True)
         raise
+    pool.shutdown(wait=True)
     for patient, entry in results.items():
         entry["shard"] = f"{patient}{SHARD_SUFFIX}"
         os.replace(tmp[patient], out / entry["shard"])
     return results
+
+
+# How often a worker checks that the packer that started it still runs (seconds).
+PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool worker initializer: exit as soon as the parent packer is gone.
+
+    A parent killed with SIGKILL cannot stop its pool; without this its workers
+    (~700 MB each with TensorFlow loaded) would wait for work forever, orphaned.
+    """
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def main(argv=None) -> int:
@@ -165,6 +192,10 @@ def main(argv=None) -> int:
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: workers stopped, temporary files removed; {args.out} keeps its previous shards "
+              "and manifest. Run the same command again to finish.", file=sys.stderr)
+        return 130
     print(f"{len(manifest['patients'])} patients, {manifest['total_slices']} slices at "
           f"{manifest['image_size']} px in {args.out}")
     return 0

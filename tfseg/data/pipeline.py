@@ -127,28 +127,68 @@ def training_dataset(table: SliceTable, batch_size: int, seed: int = 0, start_ep
     drawn with :func:`sampling_probabilities`; epoch ``e`` uses the stateless seed
     ``(seed, e)``, so the stream starting at ``start_epoch`` continues a run exactly.
     """
+    make, steps = _training_stream(table, batch_size, seed, start_epoch, epochs, context)
+    return make(0, 1, 1), steps
+
+
+def distributed_training_dataset(strategy: tf.distribute.Strategy, table: SliceTable, batch_size: int,
+                                 seed: int = 0, start_epoch: int = 0, context: int = 1):
+    """:func:`training_dataset` split over the replicas of ``strategy``: (distributed dataset, steps).
+
+    ``batch_size`` is the global batch. Every worker draws the same global batches (the
+    same stateless seeds) and keeps its own share: worker w of W the columns
+    ``[w·B/W, (w+1)·B/W)`` of each batch, cut into one piece per local replica. Together
+    the replicas see exactly the global batches of a single-device run, no slice twice
+    and none missing. With one replica this is :func:`training_dataset`.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return training_dataset(table, batch_size, seed, start_epoch, context=context)
+    if batch_size % replicas:
+        raise ValueError(f"--batch-size {batch_size} is the global batch and must be a multiple of the "
+                         f"{replicas} replicas (workers x devices); use e.g. {replicas * max(1, batch_size // replicas)}")
+    make, steps = _training_stream(table, batch_size, seed, start_epoch, None, context)
+
+    def per_worker(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        local = replicas // input_context.num_input_pipelines
+        return make(input_context.input_pipeline_id, input_context.num_input_pipelines, local)
+
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    return strategy.distribute_datasets_from_function(per_worker, options), steps
+
+
+def _training_stream(table: SliceTable, batch_size: int, seed: int, start_epoch: int, epochs: int | None,
+                     context: int):
+    """(make(part, parts, local_replicas) -> dataset, steps per epoch): the sampled stream, any share of it."""
     if len(table) < batch_size:
         raise ValueError(f"the training split has {len(table)} slices, fewer than --batch-size {batch_size}")
     steps = len(table) // batch_size
     logits = tf.constant(np.log(sampling_probabilities(table))[None, :], tf.float32)
+    # Created once, outside any dataset function: one host copy shared by every pipeline of this worker.
     images, masks = _host_variable(table.images), _host_variable(table.masks)
     read_images = _image_gather(images, table, context)
-
-    def epoch_indices(epoch):
-        draw = tf.random.stateless_categorical(logits, steps * batch_size, seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(tf.reshape(draw, (steps, batch_size)))
 
     def gather(rows):
         image = read_images(rows)
         mask = tf.cast(tf.gather(masks, rows), tf.float32)[..., None]
         return image, mask
 
-    epochs_ds = (tf.data.Dataset.counter(start_epoch) if epochs is None
-                 else tf.data.Dataset.range(start_epoch, start_epoch + epochs))
-    ds = (epochs_ds.flat_map(epoch_indices)
-          .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
-    return ds, steps
+    def make(part: int, parts: int, local_replicas: int) -> tf.data.Dataset:
+        def epoch_indices(epoch):
+            draw = tf.random.stateless_categorical(logits, steps * batch_size,
+                                                   seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+            share = tf.reshape(draw, (steps, parts, batch_size // parts))[:, part]
+            # One element per local replica and step, in step order: replica r of step s gets element s·L + r.
+            return tf.data.Dataset.from_tensor_slices(
+                tf.reshape(share, (steps * local_replicas, batch_size // parts // local_replicas)))
+
+        epochs_ds = (tf.data.Dataset.counter(start_epoch) if epochs is None
+                     else tf.data.Dataset.range(start_epoch, start_epoch + epochs))
+        return (epochs_ds.flat_map(epoch_indices)
+                .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
+
+    return make, steps
 
 
 def validation_dataset(table: SliceTable, batch_size: int, with_patient: bool = False,

@@ -26,7 +26,7 @@ import numpy as np
 
 from tfseg.data.kaggle import DataError
 from tfseg.data.protocol import GEOMETRY_LENGTH, Geometry
-from tfseg.fileio import sha256_file, write_json_atomic  # noqa: F401  (pack, callbacks and loop import them from here)
+from tfseg.fileio import sha256_file
 
 FORMAT_VERSION = 1
 IMAGE_DTYPE = np.float16

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfseg.data.pipeline import SliceTable, validation_dataset
-from tfseg.data.records import write_json_atomic
+from tfseg.fileio import remove_dead_temporaries, write_json_atomic
 from tfseg.metrics import per_volume_dsc, summarize
 from tfseg.postprocess import THRESHOLD
 from tfseg.visualize import FLAIR_CHANNEL, dsc_bar_chart, figure_to_array, grid, overlay
@@ -173,6 +174,38 @@ class ResumeState(keras.callbacks.Callback):
         if previous:
             for path in (self.run_dir / "checkpoints").glob(Path(previous).name + ".*"):
                 path.unlink(missing_ok=True)
+
+
+def remove_unfinished_writes(run_dir: Path, state: dict) -> list[Path]:
+    """Delete what a run killed mid-write (kill -9, power loss) left in ``run_dir``; returns the paths.
+
+    That is: temporary JSON files of dead processes, a half-saved best model, and in
+    ``checkpoints/`` TensorFlow's ``*_temp`` folders and any checkpoint newer than the one
+    ``state.json`` points at (written, but the run died before recording it). Call it from
+    the one process that writes ``run_dir`` before training starts.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    removed = remove_dead_temporaries(run_dir)
+    leftovers = [run_dir / ".best-tmp.keras", run_dir / ".history.csv.tmp"]
+    current = Path(state["checkpoint"]).name if state.get("checkpoint") else None
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir():
+        leftovers += [path for path in checkpoints.iterdir()
+                      if "_temp" in path.name or path.name.split(".")[0] != current]
+    for path in leftovers:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(path)
+    if removed:
+        print(f"removed {len(removed)} unfinished file(s) of an interrupted run in {run_dir}: "
+              f"{', '.join(p.name for p in removed[:5])}{' ...' if len(removed) > 5 else ''}")
+    return removed
 
 
 class NonFiniteGuard(keras.callbacks.Callback):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,16 +20,18 @@ import tensorflow as tf
 from tfseg.data.augment import Augment
 from tfseg.data.kaggle import DataError
 from tfseg.data.pack import pack
-from tfseg.data.pipeline import load_slices, training_dataset
-from tfseg.data.records import MANIFEST, read_manifest, write_json_atomic
+from tfseg.data.pipeline import distributed_training_dataset, load_slices, training_dataset
+from tfseg.data.records import MANIFEST, read_manifest
+from tfseg.fileio import write_json_atomic
 from tfseg.data.split import split_patients
 from tfseg.losses import get_loss
 from tfseg.metrics import DiceCoefficient
 from tfseg.models import build_model, deep_supervision_weights, inference_model
 from tfseg.training import callbacks as cb
 from tfseg.training.config import TrainConfig
-from tfseg.training.runtime import (choose_strategy, code_version, cpu_has_bf16, cpu_model, describe, machine_info,
-                                    set_precision)
+from tfseg.training.runtime import (FIRST_STEP_EXTRA_SECONDS, ClusterError, Watchdog, choose_strategy, cluster_spec,
+                                    code_version, cpu_has_bf16, cpu_model, describe, is_chief, machine_info,
+                                    set_precision, worker_timeout)
 from tfseg.training.schedules import PlannedSchedule
 
 
@@ -59,11 +63,31 @@ class AugmentedTrainer(keras.Model):
     def train_step(self, data):
         image, mask = data
         image, mask = self.augment(image, mask, training=True)
-        return super().train_step((image, self._targets(mask)))
+        return self._multi_worker_logs(super().train_step((image, self._targets(mask))))
 
     def test_step(self, data):
         image, mask = data
-        return super().test_step((image, self._targets(mask)))
+        return self._multi_worker_logs(super().test_step((image, self._targets(mask))))
+
+    # (image, mask) of one local batch, set before fit() under a multi-worker strategy.
+    example_batch = None
+
+    def _multi_worker_logs(self, logs):
+        # Under MultiWorkerMirroredStrategy Keras averages each log over replicas with
+        # strategy.reduce("MEAN", value, axis=0), which fails on a scalar (Keras 3.x); a (1,)
+        # value reduces to the same scalar. Elsewhere the logs are left alone.
+        if self.example_batch is None:
+            return logs
+        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds the model from the first distributed batch, averaged with an eager
+        # cross-replica reduce; MultiWorkerMirroredStrategy cannot reduce eagerly (TF 2.21:
+        # "Attempt to convert a value (PerReplica...)"), and the batch would be lost to the
+        # stream. A local example batch has the same shapes.
+        if iterator is not None and self.example_batch is not None:
+            iterator, data_batch = None, self.example_batch
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 def resolve_tfrecords(config: TrainConfig) -> Path:
@@ -108,11 +132,20 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
 
     When resuming, the run's own config.json is used, updated with ``overrides``
     (e.g. ``{"epochs": 30}`` to train a finished run longer).
+
+    With TF_CONFIG set every worker calls this; only the chief writes ``run_dir``
+    (config, checkpoints, best.keras, metrics, export). The other workers write the
+    same files to a temporary folder that is removed at the end (TensorFlow's
+    multi-worker convention: every worker saves, so collective ops stay in step).
     """
+    # First of all: MultiWorkerMirroredStrategy must be created before TensorFlow's context starts.
+    strategy = choose_strategy()
+    chief = is_chief(strategy)
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.json").is_file():
-            raise DataError(f"--resume {run_dir}: no config.json there; give the folder of an earlier run.")
+            shared = "" if chief else " Every worker must see the chief's run folder (a shared filesystem) to resume."
+            raise DataError(f"--resume {run_dir}: no config.json there; give the folder of an earlier run.{shared}")
         stored = json.loads((run_dir / "config.json").read_text())["config"]
         config = TrainConfig.from_dict({**stored, **(overrides or {})})
         state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
@@ -122,6 +155,16 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
             state.pop("stopped_by_time_budget", None)
     else:
         run_dir, state = new_run_dir(config), {}
+    out = run_dir if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-"))
+    try:
+        return _train(config, strategy, run_dir, out, state, export and chief)
+    finally:
+        if not chief:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict, export: bool) -> dict:
+    """train() once the run folder is known: reads a resumed run from ``run_dir``, writes to ``out``."""
     if config.data is None:
         from tfseg.data.download import default_kaggle_3m
 
@@ -143,11 +186,14 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
     print(f"data: {len(train_names)} training patients ({len(train_table)} slices), {len(val_names)} validation "
           f"patients ({len(val_table)} slices) from {folder}, loaded in {time.perf_counter() - started:.1f} s")
 
-    strategy = choose_strategy()
     start_epoch = int(state.get("epoch", 0))
     # A time-budgeted run that was planned (and maybe stopped) keeps its plan when resumed.
     epochs = min(config.epochs, int(state.get("planned_epochs", config.epochs)))
-    train_ds, steps = training_dataset(train_table, config.batch_size, config.seed, start_epoch, context=config.context)
+    try:
+        train_ds, steps = distributed_training_dataset(strategy, train_table, config.batch_size, config.seed,
+                                                       start_epoch, context=config.context)
+    except ValueError as err:
+        raise DataError(str(err)) from err
     with strategy.scope():
         net = build_model(config.arch, (config.image_size, config.image_size, 3 * config.context),
                           config.base_filters, deep_supervision=config.deep_supervision)
@@ -162,42 +208,55 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
                         metrics=[DiceCoefficient()] if n_out == 1 else [[DiceCoefficient()]] + [[]] * (n_out - 1))
         optimizer.build(net.trainable_variables)
     checkpoint = tf.train.Checkpoint(net=net, optimizer=optimizer, augment_rng=augment.seed_generator.state)
+    if out == run_dir:  # the chief (or a single process) tidies what a killed run left behind
+        cb.remove_unfinished_writes(run_dir, state)
     if start_epoch:
         checkpoint.read(str(run_dir / state["checkpoint"])).assert_existing_objects_matched()
         print(f"resumed {run_dir} after epoch {start_epoch}")
     else:
-        _write_config(run_dir, config, precision, strategy, train_names, val_names)
+        _write_config(out, config, precision, strategy, train_names, val_names)
 
     elapsed_before = float(state.get("train_seconds", 0.0))
     fit_started = time.perf_counter()
     clock = lambda: elapsed_before + time.perf_counter() - fit_started  # noqa: E731
     infer = inference_model(net)
     validation = cb.VolumeValidation(infer, val_table, loss, config.batch_size, context=config.context)
-    best = cb.BestModel(run_dir / "best.keras", infer, validation, state)
+    best = cb.BestModel(out / "best.keras", infer, validation, state)
     guard = cb.NonFiniteGuard()
     budget = cb.TimeBudget(config.time_budget_minutes, clock, state, schedule, steps)
-    ema_in, ema_out = (cb.EmaSwap(net, optimizer, _calibration_images(train_ds)).callbacks() if config.ema
-                       else (None, None))
+    ema_in, ema_out = (cb.EmaSwap(net, optimizer, _calibration_images(train_table, config)).callbacks()
+                       if config.ema else (None, None))
+    watch_in, watch_out = _cluster_watch(strategy)
     # Order matters: the EMA weights are in place for validation and best.keras, the raw ones
     # are back before the checkpoint; the budget plans before the state is written.
-    callbacks = [ema_in, validation,
-                 cb.TensorBoardExtras(run_dir / "tensorboard", validation, _hparams(config, precision),
+    callbacks = [watch_in, ema_in, validation,
+                 cb.TensorBoardExtras(out / "tensorboard", validation, _hparams(config, precision),
                                       config.image_every),
-                 best, ema_out, budget, cb.ResumeState(run_dir, checkpoint, state, best, clock, steps * config.batch_size),
-                 guard, keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
+                 best, ema_out, budget, cb.ResumeState(out, checkpoint, state, best, clock, steps * config.batch_size),
+                 guard, keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+                 watch_out]
     callbacks = [c for c in callbacks if c is not None]
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau("val_volume_dsc", factor=0.5, patience=5, mode="max"))
+    if watch_in is not None:
+        example, _ = training_dataset(train_table, config.batch_size, config.seed, start_epoch, 1, config.context)
+        trainer.example_batch = next(iter(example))
     if start_epoch >= epochs:
         print(f"{run_dir} already finished {start_epoch} epochs")
     else:
-        trainer.fit(train_ds, epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
-                    callbacks=callbacks, verbose=_verbosity())
+        try:
+            trainer.fit(train_ds, epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=_verbosity())
+        except tf.errors.OpError as err:
+            if watch_in is None:
+                raise
+            raise ClusterError(f"a collective operation failed ({type(err).__name__}: {err.message[:300]}): a worker "
+                               f"probably died. Restart every worker with --resume {run_dir}.") from err
     if guard.failure:
         raise TrainingError(f"{guard.failure}; training stopped. The last good checkpoint (epoch {state.get('epoch', 0)}) "
                             f"and best.keras are kept in {run_dir}. Try a lower --lr or --precision float32, "
                             f"then --resume {run_dir}.")
-    metrics = _final_metrics(run_dir, config, state, steps, precision, budget.stopped)
+    metrics = _final_metrics(out, config, state, steps, precision, budget.stopped)
     if export and (run_dir / "best.keras").is_file():
         from tfseg.export import export_run
 
@@ -210,11 +269,31 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
 EMA_CALIBRATION_BATCHES = 16
 
 
-def _calibration_images(train_ds) -> "np.ndarray":
+def _calibration_images(table, config: TrainConfig) -> "np.ndarray":
     """A fixed sample of (unaugmented) training inputs: the first batches of the training stream."""
     import numpy as np
 
-    return np.concatenate([image.numpy() for image, _ in train_ds.take(EMA_CALIBRATION_BATCHES)])
+    stream, _ = training_dataset(table, config.batch_size, config.seed, 0, context=config.context)
+    return np.concatenate([image.numpy() for image, _ in stream.take(EMA_CALIBRATION_BATCHES)])
+
+
+def _cluster_watch(strategy) -> tuple:
+    """(first, last) callbacks that keep a Watchdog armed while the cluster trains (None, None: one process).
+
+    Armed from the start of fit and refreshed at every batch; paused while this worker
+    validates and checkpoints at the end of an epoch (its own work, however long).
+    """
+    if getattr(strategy, "cluster_resolver", None) is None or not strategy.cluster_resolver.task_type:
+        return None, None
+    watchdog = Watchdog(worker_timeout(), cluster_spec(), "training")
+    arm = lambda *args, **kwargs: watchdog.arm("training: in a step or at the end of an epoch")  # noqa: E731
+    first = lambda *args, **kwargs: watchdog.arm("training: the first step (tracing it)",  # noqa: E731
+                                                 FIRST_STEP_EXTRA_SECONDS)
+    pause = keras.callbacks.LambdaCallback(on_train_begin=first, on_train_batch_end=arm,
+                                           on_epoch_end=lambda *args, **kwargs: watchdog.disarm(),
+                                           on_train_end=lambda *args, **kwargs: watchdog.disarm())
+    resume = keras.callbacks.LambdaCallback(on_epoch_end=arm)
+    return pause, resume
 
 
 def _verbosity() -> int:

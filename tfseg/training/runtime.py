@@ -55,11 +55,36 @@ def set_precision(requested: str = "auto") -> str:
     return policy
 
 
+# Seconds a worker waits for the rest of its cluster (to start, or to finish a training step)
+# before it stops with an error naming the workers it cannot reach. Override: TFSEG_WORKER_TIMEOUT.
+WORKER_TIMEOUT_SECONDS = 600.0
+# Added to the wait for the first step of a run, which traces and compiles the training step.
+FIRST_STEP_EXTRA_SECONDS = 300.0
+
+_MULTI_WORKER: tf.distribute.Strategy | None = None  # TensorFlow allows one per process
+
+
+class ClusterError(RuntimeError):
+    """TF_CONFIG is unusable, or a worker of the cluster is missing or died."""
+
+
 def choose_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG is set, Mirrored with several GPUs (or several
-    logical CPUs configured by the caller), otherwise the default strategy."""
+    logical CPUs configured by the caller), otherwise the default strategy.
+
+    Call it before anything else touches TensorFlow (``train()`` does so first): the
+    collective ops of MultiWorkerMirroredStrategy can only be configured before
+    TensorFlow's context starts. The multi-worker strategy is created once per process
+    and waits at most ``worker_timeout()`` seconds for the other workers (``ClusterError``).
+    """
+    global _MULTI_WORKER
     if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if _MULTI_WORKER is None:
+            spec = cluster_spec()
+            with Watchdog(worker_timeout(), spec, "waiting for every worker to start"):
+                _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
+                wait_for_cluster(_MULTI_WORKER)
+        return _MULTI_WORKER
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
@@ -67,6 +92,101 @@ def choose_strategy() -> tf.distribute.Strategy:
     if not gpus and len(cpus) > 1:  # only when someone split the CPU on purpose (tests)
         return tf.distribute.MirroredStrategy([d.name for d in cpus])
     return tf.distribute.get_strategy()
+
+
+def worker_timeout() -> float:
+    value = os.environ.get("TFSEG_WORKER_TIMEOUT", str(WORKER_TIMEOUT_SECONDS))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ClusterError(f"TFSEG_WORKER_TIMEOUT={value!r} is not a positive number of seconds")
+    return seconds
+
+
+def cluster_spec() -> dict:
+    """TF_CONFIG checked: {"workers": [address, ...] (chief first), "task": (type, index), "chief": bool}.
+
+    Raises ClusterError naming what is wrong and showing the expected shape.
+    """
+    raw = os.environ.get("TF_CONFIG", "")
+    example = ('{"cluster": {"worker": ["host1:23456", "host2:23456"]}, "task": {"type": "worker", "index": 0}}')
+    try:
+        config = json.loads(raw)
+        workers = list(config["cluster"].get("chief", [])) + list(config["cluster"]["worker"])
+        task_type, index = config["task"]["type"], int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ClusterError(f"TF_CONFIG is not a usable cluster description ({type(err).__name__}: {err}); "
+                           f"it should look like {example}") from None
+    jobs = config["cluster"]
+    if task_type not in ("chief", "worker") or not 0 <= index < len(jobs.get(task_type, [])):
+        raise ClusterError(f"TF_CONFIG task {config['task']} is not in its cluster {jobs}; give every worker the "
+                           f"same cluster and its own task type (chief/worker) and index, e.g. {example}")
+    if set(jobs) - {"chief", "worker"}:
+        raise ClusterError(f"TF_CONFIG has jobs {sorted(set(jobs) - {'chief', 'worker'})}: tfseg trains with "
+                           "MultiWorkerMirroredStrategy, which only knows 'chief' and 'worker'.")
+    chief = task_type == "chief" or ("chief" not in jobs and index == 0)
+    return {"workers": workers, "task": (task_type, index), "chief": chief}
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder: always outside multi-worker training."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return cluster_spec()["chief"]
+
+
+def wait_for_cluster(strategy: tf.distribute.Strategy) -> None:
+    """A barrier: returns once every worker has reached it (a dummy all-reduce)."""
+    strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.constant(1.0)))
+
+
+class Watchdog:
+    """Stop this worker with a clear message when the cluster makes no progress for ``seconds``.
+
+    Armed with ``with Watchdog(...)`` or ``arm()``/``disarm()`` from callbacks. The deadline is
+    kept by a child process (``tfseg.training.watchdog``): a worker blocked in a collective
+    holds the interpreter lock and ignores SIGTERM, so only another process can stop it
+    (SIGKILL, after printing which workers do not answer on their port).
+    """
+
+    def __init__(self, seconds: float, spec: dict, stage: str):
+        import subprocess
+        import sys
+
+        self.seconds, self.stage = seconds, stage
+        self.child = subprocess.Popen([sys.executable, "-m", "tfseg.training.watchdog", str(os.getpid()),
+                                       json.dumps(spec)], stdin=subprocess.PIPE, text=True,
+                                      cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+    def _send(self, line: str) -> None:
+        try:
+            self.child.stdin.write(line + "\n")
+            self.child.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def arm(self, stage: str | None = None, extra_seconds: float = 0.0) -> None:
+        self.stage = stage or self.stage
+        self._send(f"arm {self.seconds + extra_seconds} {self.stage}")
+
+    def disarm(self) -> None:
+        self._send("disarm")
+
+    def close(self) -> None:
+        if self.child.stdin and not self.child.stdin.closed:
+            self.child.stdin.close()
+        self.child.wait(10)
+
+    def __enter__(self):
+        self.arm()
+        return self
+
+    def __exit__(self, *exc):
+        self.disarm()
+        self.close()
 
 
 def machine_info() -> dict:
