@@ -30,13 +30,13 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import images_per_second, write_result  # noqa: E402
-from tfseg.data.augment import Augment  # noqa: E402
+from tfseg.training.augment import Augment  # noqa: E402
 from tfseg.data.pipeline import load_slices, training_dataset  # noqa: E402
 from tfseg.data.records import read_manifest  # noqa: E402
 from tfseg.data.split import split_patients  # noqa: E402
 from tfseg.losses import get_loss  # noqa: E402
 from tfseg.models import build_model  # noqa: E402
-from tfseg.training.loop import AugmentedTrainer  # noqa: E402
+from tfseg.training.trainer import AugmentedTrainer  # noqa: E402
 from tfseg.training.runtime import choose_precision  # noqa: E402
 
 BATCH = 16

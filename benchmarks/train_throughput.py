@@ -28,12 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 
 from benchmarks.common import images_per_second, median, write_result  # noqa: E402
-from tfseg.data.augment import Augment  # noqa: E402
+from tfseg.training.augment import Augment  # noqa: E402
 from tfseg.data.pipeline import load_slices, training_dataset  # noqa: E402
 from tfseg.losses import get_loss  # noqa: E402
 from tfseg.metrics import DiceCoefficient  # noqa: E402
 from tfseg.models import ARCHITECTURES, build_model  # noqa: E402
-from tfseg.training.loop import AugmentedTrainer  # noqa: E402
+from tfseg.training.trainer import AugmentedTrainer  # noqa: E402
 from tfseg.training.runtime import choose_precision, cpu_flags  # noqa: E402
 
 # The instruction sets that decide convolution speed on a CPU (recorded with every result).

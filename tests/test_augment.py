@@ -1,10 +1,10 @@
-"""Specification of tfseg.data.augment: in-step batch augmentation of images and masks."""
+"""Specification of tfseg.training.augment: in-step batch augmentation of images and masks."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfseg.data.augment import Augment, AugmentConfig, affine_warp
+from tfseg.training.augment import Augment, AugmentConfig, affine_warp
 
 SIZE = 64
 
@@ -319,7 +319,7 @@ def test_each_mirrored_replica_draws_its_own_augmentation():
         import json, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from tfseg.data.augment import Augment
+        from tfseg.training.augment import Augment
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
         def draws():

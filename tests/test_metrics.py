@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 
 import tfseg.postprocess
-from tfseg.metrics import DiceCoefficient, group_by_patient, per_volume_dsc, summarize, volume_dsc, volume_scores
-
-
-def _cube(shape=(8, 16, 16), start=(2, 4, 4), size=4):
-    volume = np.zeros(shape, bool)
-    s, r, c = start
-    volume[s:s + size, r:r + size, c:c + size] = True
-    return volume
+from tfseg.metrics import (DiceCoefficient, VolumeMetrics, group_by_patient, per_volume_dsc, score_slices, summarize,
+                           volume_dsc, volume_scores)
+from volumes import cube
 
 
 # --- volume_dsc / volume_scores ------------------------------------------------
 
 def test_perfect_prediction_has_dsc_1():
-    cube = _cube()
-    assert volume_dsc(cube, cube) == 1.0
+    volume = cube()
+    assert volume_dsc(volume, volume) == 1.0
 
 
 def test_both_empty_has_dsc_1():
@@ -29,12 +24,12 @@ def test_both_empty_has_dsc_1():
 
 
 def test_prediction_on_empty_truth_has_dsc_0():
-    assert volume_dsc(_cube(), np.zeros((8, 16, 16), bool)) == 0.0
+    assert volume_dsc(cube(), np.zeros((8, 16, 16), bool)) == 0.0
 
 
 def test_one_voxel_shift_of_a_cube_gives_the_hand_computed_dsc():
     # Two 4x4x4 cubes shifted by one column overlap in 4x4x3 = 48 voxels: DSC = 96 / 128.
-    assert volume_dsc(_cube(start=(2, 4, 5)), _cube()) == pytest.approx(0.75)
+    assert volume_dsc(cube(start=(2, 4, 5)), cube()) == pytest.approx(0.75)
 
 
 def test_volume_dsc_rejects_shape_mismatch():
@@ -43,12 +38,12 @@ def test_volume_dsc_rejects_shape_mismatch():
 
 
 def test_hd95_of_identical_masks_is_0():
-    cube = _cube()
-    assert volume_scores(cube, cube)["hd95"] == 0.0
+    volume = cube()
+    assert volume_scores(volume, volume)["hd95"] == 0.0
 
 
 def test_volume_scores_of_a_shifted_cube():
-    pred, true = _cube(start=(2, 4, 5)), _cube()
+    pred, true = cube(start=(2, 4, 5)), cube()
     scores = volume_scores(pred, true)
     assert scores["dsc"] == pytest.approx(0.75)
     assert scores["sensitivity"] == pytest.approx(48 / 64)
@@ -58,8 +53,8 @@ def test_volume_scores_of_a_shifted_cube():
 
 
 def test_volume_scores_are_nan_where_undefined():
-    empty, cube = np.zeros((8, 16, 16), bool), _cube()
-    missed = volume_scores(empty, cube)  # nothing predicted
+    empty = np.zeros((8, 16, 16), bool)
+    missed = volume_scores(empty, cube())  # nothing predicted
     assert math.isnan(missed["hd95"]) and math.isnan(missed["precision"])
     assert missed["sensitivity"] == 0.0 and missed["dsc"] == 0.0
     both_empty = volume_scores(empty, empty)
@@ -122,6 +117,58 @@ def test_summarize_rejects_no_patients():
     with pytest.raises(ValueError, match="at least one patient"):
         summarize({})
 
+
+
+# --- VolumeMetrics: the per-case accumulator -----------------------------------------
+
+def test_volume_metrics_scores_each_case_and_aggregates_over_them():
+    metric = VolumeMetrics()
+    perfect = metric.update("p1", cube(), cube())
+    shifted = metric.update("p2", cube(start=(2, 4, 5)), cube())
+    missed = metric.update("p3", np.zeros((8, 16, 16), bool), cube())
+
+    assert perfect == volume_scores(cube(), cube()) and shifted["dsc"] == pytest.approx(0.75)
+    assert len(metric) == 3 and list(metric.cases()) == ["p1", "p2", "p3"]
+    assert metric.values("dsc") == {"p1": 1.0, "p2": pytest.approx(0.75), "p3": 0.0}
+    aggregated = metric.aggregate()
+    assert aggregated["n"] == 3
+    assert aggregated["dsc"] == {"mean": pytest.approx(1.75 / 3), "median": 0.75, "n": 3}
+    # Nothing predicted for p3: HD95 and precision are undefined there, left out and counted.
+    assert aggregated["hd95"]["n"] == 2 and aggregated["precision"]["n"] == 2
+    assert aggregated["precision"]["mean"] == pytest.approx((1.0 + 0.75) / 2)
+    assert aggregated["sensitivity"] == {"mean": pytest.approx(1.75 / 3), "median": 0.75, "n": 3}
+    assert math.isnan(missed["precision"])
+
+
+def test_volume_metrics_refuses_a_case_twice_and_an_empty_aggregate():
+    metric = VolumeMetrics()
+    with pytest.raises(ValueError, match="at least one scored case"):
+        metric.aggregate()
+    metric.update("p1", cube(), cube())
+    with pytest.raises(ValueError, match="'p1' was already scored"):
+        metric.update("p1", cube(), cube())
+    metric.reset()
+    assert len(metric) == 0
+    metric.update("p1", cube(), np.zeros((8, 16, 16), bool))
+    assert metric.values() == {"p1": 0.0}
+
+
+def test_volume_metrics_without_surface_distance_skips_hd95_only():
+    metric = VolumeMetrics(surface_distance=False)
+    scores = metric.update("p1", cube(start=(2, 4, 5)), cube())
+    assert "hd95" not in scores and "hd95" not in metric.aggregate()
+    assert {k: v for k, v in volume_scores(cube(start=(2, 4, 5)), cube()).items() if k != "hd95"} == scores
+
+
+def test_score_slices_is_the_accumulator_behind_per_volume_dsc_and_summarize():
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((6, 8, 8)).astype(np.float32)
+    masks = (rng.random((6, 8, 8)) > 0.6).astype(np.float32)
+    ids = ["a", "b", "a", "b", "a", "b"]
+    scored = score_slices(probabilities, masks, ids)
+    assert scored.values("dsc") == per_volume_dsc(probabilities, masks, ids)
+    assert scored.aggregate()["dsc"] == summarize(scored.values("dsc"))
+    assert "hd95" in score_slices(probabilities, masks, ids, surface_distance=True).aggregate()
 
 # --- DiceCoefficient -------------------------------------------------------------
 

@@ -7,13 +7,7 @@ import tensorflow as tf
 from tfseg.metrics import volume_dsc
 from tfseg.postprocess import (THRESHOLD, largest_component_3d, largest_connected_component, postprocess_graph,
                                postprocess_volume)
-
-
-def _cube(shape=(8, 16, 16), start=(2, 4, 4), size=4):
-    volume = np.zeros(shape, bool)
-    s, r, c = start
-    volume[s:s + size, r:r + size, c:c + size] = True
-    return volume
+from volumes import cube
 
 
 def test_postprocess_thresholds_strictly_above_the_threshold():
@@ -24,7 +18,7 @@ def test_postprocess_thresholds_strictly_above_the_threshold():
 
 
 def test_largest_component_removes_a_small_disconnected_blob():
-    true = _cube()
+    true = cube()
     probabilities = true.astype(np.float32) * 0.9
     probabilities[7, 15, 15] = 0.8  # a one-voxel false positive far from the lesion
     raw = postprocess_volume(probabilities, largest_component=False)

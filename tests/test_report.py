@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfseg import report
+from tfseg import report, report_studies
 from tfseg.data.pack import pack
 from tfseg.runs import load_run
 from tfseg.training.config import TrainConfig
@@ -333,3 +333,217 @@ def test_runs_from_before_a_setting_existed_group_with_runs_that_record_it_off(t
     assert settings_key(old) == settings_key(new)
     assert settings_key(old) != settings_key({**new, "augment": {"flip": 0.5, "noise": 0.1}})
     assert settings_key(old) != settings_key({**new, "context": 3})
+
+
+# ----------------------------------------------------------------------------
+# Cross-validation (--cv) and radiogenomics (--radiogenomics) sections
+# ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_png(tmp_path_factory) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = tmp_path_factory.mktemp("png") / "tiny.png"
+    plt.imsave(path, np.arange(4.0).reshape(2, 2))
+    return path
+
+
+CV_PATIENTS = {"P_A": (0, 0.95), "P_B": (0, 0.60), "P_C": (0, 0.90), "P_D": (1, 0.70), "P_E": (1, 0.85),
+               "P_F": (1, 0.99), "P_G": (1, 0.40)}
+CV_TRAIN_CONFIG = {"arch": "attention_unet", "base_filters": 16, "loss": "dice", "lr": 1e-3, "schedule": "onecycle"}
+
+
+def _fake_cv(root: Path, name: str, shift: float, png: Path | None, uncertainty: bool = False) -> Path:
+    """A tfseg.cv folder over CV_PATIENTS (2 folds), every DSC + ``shift`` (native: a further -0.01)."""
+    out = root / name
+    out.mkdir(parents=True)
+    rows = [{"patient": p, "fold": fold, "dsc_pre": dsc + shift, "dsc_native": dsc + shift - 0.01,
+             "hd95_native": 3.5, **({"uncertainty": 1 - dsc} if uncertainty else {})}
+            for p, (fold, dsc) in CV_PATIENTS.items()]
+    (out / "per_patient.csv").write_text(
+        "\n".join([",".join(rows[0])] + [",".join(str(v) for v in r.values()) for r in rows]) + "\n")
+
+    def stats(key, fold=None):
+        values = [r[key] for r in rows if fold is None or r["fold"] == fold]
+        return {"mean": float(np.mean(values)), "median": float(np.median(values)), "n": len(values)}
+
+    summary = {"patients": len(rows), "folds": 2, "pre": stats("dsc_pre"), "native": stats("dsc_native"),
+               "pre_by_fold": {str(k): stats("dsc_pre", k) for k in (0, 1)},
+               "native_by_fold": {str(k): stats("dsc_native", k) for k in (0, 1)}, "train_config": CV_TRAIN_CONFIG}
+    if uncertainty:
+        summary["uncertainty"] = {"views": "2 views", "spearman_rho_with_dsc": -0.75, "p_value": 0.05,
+                                  "n_patients": len(rows), "check_first": ["P_G", "P_B"]}
+    (out / "summary.json").write_text(json.dumps(summary))
+    if png:
+        (out / "dsc.png").write_bytes(png.read_bytes())
+    return out
+
+
+def test_cv_section_compares_each_folder_with_the_paper_and_says_whether_it_reaches_the_goal(tmp_path, tiny_png):
+    # means: 0.7700 + shift; +0.13 -> 0.9000 (native 0.8900: reached in both), +0.0 -> 0.7700 (not reached)
+    good = _fake_cv(tmp_path, "cv-good", 0.13, tiny_png, uncertainty=True)
+    weak = _fake_cv(tmp_path, "cv-weak", 0.0, None)
+    run = _fake_run(tmp_path, "b16", 0.9)
+    output = tmp_path / "reports" / "R.md"
+    assert report.main([str(run), "-o", str(output), "--cv", str(good), "--cv", str(weak)]) == 0
+    text = output.read_text()
+    rows = table(text, "## Cross-validation")
+    assert [r["CV"] for r in rows] == ["`cv-good`", "`cv-weak`", "Buda et al. 2019 (paper)"]
+    g, w, paper = rows
+    assert (g["Folds"], g["Patients"], g["Mean DSC"], g["Median DSC"], g["Mean DSC (native)"]) == (
+        "2", "7", "0.9000", "0.9800", "0.8900")
+    assert (g["Architecture"], g["Base filters"], g["Loss"], g["LR"], g["Schedule"]) == (
+        "attention_unet", "16", "dice", "0.001", "onecycle")
+    assert g["Goal (mean ≥ 0.88)"] == "reached" and w["Goal (mean ≥ 0.88)"] == "not reached"
+    assert (paper["Folds"], paper["Mean DSC"], paper["Median DSC"]) == ("22", "0.82", "0.85")
+    assert "mean 82% / median 85%" in text and "agree at about 84%" in text
+    assert "`cv-good` reaches it in both geometries" in text and "`cv-weak` does not reach it" in text
+    assert "+0.0800 against the paper's mean and +0.0600 against the human readers" in text
+    folds = table(text, "Per fold of `cv-good`:")
+    assert [(f["Fold"], f["Patients"], f["Mean DSC"]) for f in folds] == [("0", "3", "0.9467"), ("1", "4", "0.8650")]
+    worst = table(text, "Worst 5 patients of `cv-good` (lowest DSC, preprocessed):")
+    assert [r["Patient"] for r in worst] == ["`P_G`", "`P_B`", "`P_D`", "`P_E`", "`P_C`"]
+    assert (worst[0]["Fold"], worst[0]["DSC"], worst[0]["DSC (native)"], worst[0]["Uncertainty"]) == (
+        "1", "0.5300", "0.5200", "0.600")
+    assert "Spearman rho -0.750 with the native DSC over 7 patients" in text and "Check first: `P_G`, `P_B`" in text
+    assert "Uncertainty" not in table(text, "Worst 5 patients of `cv-weak` (lowest DSC, preprocessed):")[0]
+    assert f"No dsc.png in {weak}" in text
+    images = linked_images(text, output)
+    copied = output.parent / "figures" / "R_cv_cv-good_dsc.png"
+    assert copied in images and copied.read_bytes() == tiny_png.read_bytes()
+    assert all(p.is_file() for p in images)
+    assert text.index("## Cross-validation") < text.index("## How to reproduce each run")
+
+
+def test_a_folder_reaching_the_goal_in_one_geometry_only_says_so(tmp_path):
+    # 0.7700 + 0.115 = 0.8850 preprocessed, 0.8750 native
+    folder = report_studies.load_cv(_fake_cv(tmp_path, "cv", 0.115, None))
+    assert report_studies.cv_goal(folder) == "reached (preprocessed only)"
+    output = tmp_path / "R.md"
+    report.build_report([_fake_run(tmp_path, "b16", 0.9)], output, cv=[folder.path])
+    assert "`cv` reaches it in the preprocessed geometry only" in output.read_text()
+
+
+def test_a_cv_folder_without_summary_is_an_error_naming_it_and_the_folds_with_metrics(tmp_path, capsys):
+    run = _fake_run(tmp_path, "b16", 0.9)
+    output = tmp_path / "R.md"
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    assert report.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
+    err = capsys.readouterr().err
+    assert str(cv / "summary.json") in err and "python -m tfseg.cv" in err and not output.exists()
+    for fold, files in (("fold-0", ("history.csv", "metrics.json")), ("fold-1", ("history.csv",))):
+        (cv / fold).mkdir()
+        for name in files:
+            (cv / fold / name).write_text("{}")
+    assert report.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
+    err = capsys.readouterr().err
+    assert "folds with metrics.json: fold-0; without: fold-1" in err and not output.exists()
+    (cv / "summary.json").write_text(json.dumps({"patients": 3}))
+    assert report.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
+    assert "has no folds, pre, native" in capsys.readouterr().err
+
+
+RG_PAIRS = [(f, c) for f in ("bevr", "asd", "mf") for c in ("RNASeqCluster", "COCCluster")]
+
+
+def _fake_radiogenomics(root: Path, name: str, mask_kind: str, p: dict, features: dict, png: Path | None) -> Path:
+    """A tfseg.radiogenomics folder: tests.csv with raw ``p`` per (feature, cluster) (p×10 < 0.05 significant)
+    plus one sensitivity row, features.csv from ``features`` {patient: (bevr, asd, mf)}, a METHOD.md beside it."""
+    out = root / name
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text(json.dumps({"mask_kind": mask_kind, "patients": len(features),
+                                                  "command": {"masks": mask_kind}, "empty_masks": {"count": 0}}))
+    lines = ["feature,cluster,family,median,n,k,levels,table,p,p_bonferroni_10,significant"]
+    for (feature, cluster), value in list(p.items()) + [(("mf_w31", "RNASeqCluster"), 1e-5)]:
+        family = "primary" if feature in ("bevr", "asd", "mf") else "sensitivity"
+        lines.append(f'{feature},{cluster},{family},0.5,10,2,1|2,"[[1, 2], [3, 4]]",{value:g},{min(1, 10 * value):g},'
+                     f"{10 * value < 0.05}")
+    (out / "tests.csv").write_text("\n".join(lines) + "\n")
+    rows = ["patient,bevr,asd,mf,mf_w31,voxels"] + [
+        ",".join([patient, *("" if np.isnan(v) else f"{v:g}" for v in values), "0.1", "100"])
+        for patient, values in features.items()]
+    (out / "features.csv").write_text("\n".join(rows) + "\n")
+    (root / "METHOD.md").write_text("# method\n")
+    if png:
+        (out / "figure.png").write_bytes(png.read_bytes())
+    return out
+
+
+def test_radiogenomics_section_sets_folders_side_by_side_with_the_paper_and_their_agreement(tmp_path, tiny_png):
+    from scipy.stats import spearmanr
+
+    manual_p = dict(zip(RG_PAIRS, (0.0001, 0.003, 0.06, 0.5, 0.2, 0.9)))
+    predicted_p = dict(zip(RG_PAIRS, (0.0004, 0.02, 0.004, 0.5, 0.2, 0.9)))
+    manual_f = {f"P{i}": (0.1 * i, 2.0 + i % 3, 0.01 * i) for i in range(8)}
+    predicted_f = {f"P{i}": (0.1 * i + 0.15 * (i % 2), 2.0 + i % 3, np.nan if i == 3 else 0.02 * (8 - i))
+                   for i in range(1, 9)}
+    rg = tmp_path / "results" / "radiogenomics"
+    manual = _fake_radiogenomics(rg, "manual", "manual", manual_p, manual_f, tiny_png)
+    predicted = _fake_radiogenomics(rg, "cv-pred", "predicted", predicted_p, predicted_f, tiny_png)
+    output = tmp_path / "reports" / "R.md"
+    args = [str(_fake_run(tmp_path, "b16", 0.9)), "-o", str(output)]
+    assert report.main(args + ["--radiogenomics", str(manual), "--radiogenomics", str(predicted)]) == 0
+    text = output.read_text()
+    rows = {(r["Feature"], r["Subtype"]): r for r in table(text, next(
+        line for line in text.splitlines() if line.startswith("Exact p per primary test")))}
+    assert list(rows) == [(f.upper(), c) for f, c in RG_PAIRS]  # primary only: no MF_W31 row
+    bevr, bevr_coc, asd = rows[("BEVR", "RNASeqCluster")], rows[("BEVR", "COCCluster")], rows[("ASD", "RNASeqCluster")]
+    assert (bevr["manual p"], bevr["manual p×10"], bevr["cv-pred p"], bevr["cv-pred p×10"]) == (
+        "0.0001", "**0.001** ✱", "0.0004", "**0.004** ✱")
+    assert (bevr_coc["manual p×10"], bevr_coc["cv-pred p×10"]) == ("**0.03** ✱", "0.2")
+    assert (asd["manual p×10"], asd["cv-pred p×10"]) == ("0.6", "**0.04** ✱")
+    assert [rows[pair]["Paper (automatic masks)"] for pair in rows] == [
+        "p < 0.0002", "p < 0.02", "p < 0.02", report.DASH, "p < 0.005", report.DASH]
+    assert ("0 with an empty mask): significant (p×10 < 0.05): BEVR × RNASeqCluster, BEVR × COCCluster. Against "
+            "the paper's p-values: 2 of 4 below its bound; not: ASD × RNASeqCluster (p 0.06, paper < 0.02), MF × "
+            "RNASeqCluster (p 0.2, paper < 0.005).") in text
+    assert "`cv-pred` (" in text and "significant (p×10 < 0.05): BEVR × RNASeqCluster, ASD × RNASeqCluster." in text
+    assert ("`manual` and `cv-pred` agree on BEVR × RNASeqCluster (significant in both); significant in `manual` "
+            "only: BEVR × COCCluster; in `cv-pred` only: ASD × RNASeqCluster.") in text
+    common = [f"P{i}" for i in range(1, 8)]
+    keep = [p for p in common if p != "P3"]  # P3's MF is undefined in cv-pred
+    rho_bevr = spearmanr([manual_f[p][0] for p in common], [predicted_f[p][0] for p in common]).statistic
+    rho_mf = spearmanr([manual_f[p][2] for p in keep], [predicted_f[p][2] for p in keep]).statistic
+    assert f"over their 7 common patients (undefined values left out): BEVR {rho_bevr:.3f}, ASD 1.000, " \
+           f"MF {rho_mf:.3f}." in text and rho_mf == pytest.approx(-1) and 0 < rho_bevr < 1
+    figures = output.parent / "figures"
+    assert {figures / "R_radiogenomics_manual.png", figures / "R_radiogenomics_cv-pred.png"} <= set(
+        linked_images(text, output))
+    assert all(p.is_file() for p in linked_images(text, output))
+    method = re.search(r"\[METHOD\.md\]\(([^)]+)\)", text).group(1)
+    assert (output.parent / method).resolve() == (rg / "METHOD.md").resolve()
+
+
+def test_one_radiogenomics_folder_has_no_agreement_and_a_repeated_folder_gets_its_own_column(tmp_path):
+    manual = _fake_radiogenomics(tmp_path, "manual", "manual", dict.fromkeys(RG_PAIRS, 0.5), {"P1": (1, 2, 3)}, None)
+    run = _fake_run(tmp_path, "b16", 0.9)
+    output = tmp_path / "R.md"
+    report.build_report([run], output, radiogenomics=[manual])
+    text = output.read_text()
+    assert "significant (p×10 < 0.05): none" in text and "Agreement with" not in text
+    assert f"No figure.png in {manual}" in text
+    report.build_report([run], output, radiogenomics=[manual, manual])
+    assert "| manual p | manual p×10 | manual-2 p | manual-2 p×10 |" in output.read_text()
+    report.build_report([run], output)
+    assert "## Radiogenomics" not in output.read_text() and "## Cross-validation" not in output.read_text()
+
+
+def test_a_radiogenomics_folder_missing_a_file_or_a_column_is_an_error_naming_it(tmp_path, capsys):
+    run = _fake_run(tmp_path, "b16", 0.9)
+    output = tmp_path / "R.md"
+    folder = _fake_radiogenomics(tmp_path, "pred", "predicted", dict.fromkeys(RG_PAIRS, 0.5), {"P1": (1, 2, 3)}, None)
+    (folder / "summary.json").unlink()
+    assert report.main([str(run), "-o", str(output), "--radiogenomics", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert str(folder / "summary.json") in err and "python -m tfseg.radiogenomics" in err and not output.exists()
+    (folder / "summary.json").write_text("{}")
+    (folder / "features.csv").write_text("patient,bevr,asd\nP1,1,2\n")
+    assert report.main([str(run), "-o", str(output), "--radiogenomics", str(folder)]) == 2
+    assert f"{folder / 'features.csv'}: no column mf" in capsys.readouterr().err and not output.exists()
+
+
+def test_the_papers_radiogenomics_findings_are_the_studys():
+    from tfseg.radiogenomics.study import PAPER_FINDINGS
+
+    assert sorted(report_studies.PAPER_RADIOGENOMICS, key=str) == sorted(PAPER_FINDINGS, key=str)

@@ -135,9 +135,9 @@ def test_mirrored_strategy_splits_the_batch_over_two_cpu_devices_with_the_same_l
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras
         from tfseg.losses import get_loss
-        from tfseg.data.augment import Augment
+        from tfseg.training.augment import Augment
         from tfseg.models import build_model
-        from tfseg.training.loop import AugmentedTrainer
+        from tfseg.training.trainer import AugmentedTrainer
         from tfseg.training.runtime import choose_strategy
         rng = np.random.default_rng(0)
         x = rng.normal(size=(8, 32, 32, 3)).astype("float32")

@@ -39,7 +39,6 @@ from tfseg.data.kaggle import DataError, read_patient, scan_folder, select_patie
 from tfseg.fileio import atomic_path, write_json_atomic
 
 FOLD_DIR = "fold-{}"
-SCORE_COLUMNS = ("dsc", "hd95", "sensitivity", "precision", "pred_voxels", "true_voxels")
 
 
 def fold_dir(out: Path, fold: int) -> Path:
@@ -95,8 +94,10 @@ def predict_out_of_fold(runs: list[Path], data: Path, out: Path, tta: bool = Fal
 
 
 def _scores(result) -> dict:
+    from tfseg.metrics import SCORE_KEYS
+
     return {f"{key}_{geometry}": getattr(result, geometry)[key] for geometry in ("pre", "native")
-            for key in SCORE_COLUMNS}
+            for key in SCORE_KEYS}
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
@@ -108,14 +109,12 @@ def _save_mask(path: Path, mask: np.ndarray) -> None:
 
 def summarize_cv(rows: list[dict], folds: int) -> dict:
     """Mean and median DSC over all patients and per fold, in both geometries."""
-    def stats(values):
-        values = np.asarray(values, np.float64)
-        return {"mean": float(values.mean()), "median": float(np.median(values)), "n": int(values.size)}
+    from tfseg.metrics import describe  # here, not at the top: tfseg.metrics imports keras
 
     summary = {"patients": len(rows), "folds": folds}
     for geometry in ("pre", "native"):
-        summary[geometry] = stats([row[f"dsc_{geometry}"] for row in rows])
-        summary[f"{geometry}_by_fold"] = {str(k): stats([r[f"dsc_{geometry}"] for r in rows if r["fold"] == k])
+        summary[geometry] = describe([row[f"dsc_{geometry}"] for row in rows])
+        summary[f"{geometry}_by_fold"] = {str(k): describe([r[f"dsc_{geometry}"] for r in rows if r["fold"] == k])
                                           for k in range(folds) if any(r["fold"] == k for r in rows)}
     return summary
 

@@ -62,7 +62,7 @@ from tfseg.fileio import atomic_path, sha256_file, sha256_files, write_json_atom
 from tfseg.runs import owning_run, read_config_file
 from tfseg.data.split import split_patients
 from tfseg.ensemble import Ensemble, EnsembleError
-from tfseg.metrics import volume_scores
+from tfseg.metrics import AGGREGATED_KEYS, SCORE_KEYS, VolumeMetrics
 from tfseg.postprocess import THRESHOLD, postprocess_volume
 from tfseg.uncertainty import MAP_MAX, disagreement_map, disagreement_score, uncertainty_summary
 from tfseg.visualize import (FLAIR_CHANNEL, dsc_bar_charts, grid, heat_overlays, largest_slices, save_figure,
@@ -71,7 +71,6 @@ from tfseg.visualize import (FLAIR_CHANNEL, dsc_bar_charts, grid, heat_overlays,
 # A predict function: (B, N, N, 3) float32 preprocessed slices -> (B, N, N) or (B, N, N, 1) probabilities.
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
-SCORE_KEYS = ("dsc", "hd95", "sensitivity", "precision", "pred_voxels", "true_voxels")
 GEOMETRIES = ("pre", "native")
 MONTAGE_SLICES = 6
 
@@ -446,13 +445,22 @@ def _as_slices(probabilities, shape) -> np.ndarray:
     return probabilities
 
 
+def geometry_metrics() -> dict[str, VolumeMetrics]:
+    """One empty per-case accumulator for each geometry, for `evaluate_patient` to fill."""
+    return {geometry: VolumeMetrics() for geometry in GEOMETRIES}
+
+
 def evaluate_patient(volume: PatientVolume, predict: PredictFn | Sequence[PredictFn], image_size: int,
-                     options: EvalOptions = EvalOptions()) -> PatientResult:
+                     options: EvalOptions = EvalOptions(),
+                     metrics: dict[str, VolumeMetrics] | None = None) -> PatientResult:
     """Predict one patient and score it in both geometries (see the module docstring).
 
     ``predict``: one predict function, or a list of them (an ensemble's ``member_predicts``)
     whose mean is the prediction; with ``options.uncertainty`` each is a source of views.
+    ``metrics``: the accumulators (`geometry_metrics`) this patient's scores are added to;
+    by default fresh ones, for scoring one patient on its own.
     """
+    metrics = geometry_metrics() if metrics is None else metrics
     try:
         image, mask, geometry = preprocess_volume(volume.image, volume.mask, image_size)
     except ValueError as err:
@@ -463,10 +471,10 @@ def evaluate_patient(volume: PatientVolume, predict: PredictFn | Sequence[Predic
     probabilities = mean_of_views(views, len(sources), options.tta)
     prediction = postprocess_volume(probabilities, options.threshold, options.lcc)
     in_plane = geometry.side / image_size  # one preprocessed pixel in native pixels
-    pre = volume_scores(prediction, mask > 0, voxelspacing=(1.0, in_plane, in_plane))
+    pre = metrics["pre"].update(volume.patient, prediction, mask > 0, voxelspacing=(1.0, in_plane, in_plane))
     native_probabilities = invert_volume(probabilities, geometry, order=1)
     native_prediction = postprocess_volume(native_probabilities, options.threshold, options.lcc)
-    native = volume_scores(native_prediction, volume.mask > 0)
+    native = metrics["native"].update(volume.patient, native_prediction, volume.mask > 0)
     result = PatientResult(volume.patient, int(volume.image.shape[0]), int(image.shape[0]), pre, native,
                            native_prediction)
     if options.uncertainty:
@@ -509,15 +517,15 @@ def evaluate(data: str | Path, predict: PredictFn | Sequence[PredictFn], image_s
         raise DataError(f"no patients to evaluate in {data}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = []
+    results, metrics = [], geometry_metrics()
     for patient_files in tqdm(files, desc="evaluating", unit="patient", disable=not progress):
         volume = read_patient(patient_files)
-        result = evaluate_patient(volume, predict, image_size, options)
+        result = evaluate_patient(volume, predict, image_size, options, metrics)
         if overlays:
             write_overlays(out / "overlays", volume, result.prediction, result.uncertainty_map)
         result.prediction = result.uncertainty_map = None  # the overlays are written: free the volumes
         results.append(result)
-    summary = summarize_results(results)
+    summary = summarize_metrics(metrics)
     if options.uncertainty:
         summary["uncertainty"] = uncertainty_summary(
             [r.patient for r in results], [r.uncertainty for r in results], [r.native["dsc"] for r in results],
@@ -532,19 +540,22 @@ def evaluate(data: str | Path, predict: PredictFn | Sequence[PredictFn], image_s
     return summary
 
 
-def summarize_results(results: list[PatientResult]) -> dict:
-    """Means and medians over patients; NaN scores (undefined) are left out and counted."""
-    summary = {"n_patients": len(results), "patients": [r.patient for r in results]}
+def summarize_metrics(metrics: dict[str, VolumeMetrics]) -> dict:
+    """summary.json's scores: means and medians over patients in both geometries.
+
+    NaN scores (undefined) are left out and counted (``n_defined_<key>``; the DSC is always defined).
+    """
+    patients = list(metrics["pre"].values())
+    summary = {"n_patients": len(patients), "patients": patients}
     for geometry in GEOMETRIES:
         suffix = "" if geometry == "pre" else "_native"
-        for key in ("dsc", "hd95", "sensitivity", "precision"):
-            values = np.array([getattr(r, geometry)[key] for r in results], np.float64)
-            defined = values[~np.isnan(values)]
-            summary[f"mean_{key}{suffix}"] = float(defined.mean()) if defined.size else None
-            summary[f"median_{key}{suffix}"] = float(np.median(defined)) if defined.size else None
+        aggregated = metrics[geometry].aggregate()
+        for key in AGGREGATED_KEYS:
+            summary[f"mean_{key}{suffix}"] = aggregated[key]["mean"]
+            summary[f"median_{key}{suffix}"] = aggregated[key]["median"]
             if key != "dsc":
-                summary[f"n_defined_{key}{suffix}"] = int(defined.size)
-        summary[f"dsc{suffix}_by_patient"] = {r.patient: getattr(r, geometry)["dsc"] for r in results}
+                summary[f"n_defined_{key}{suffix}"] = aggregated[key]["n"]
+        summary[f"dsc{suffix}_by_patient"] = metrics[geometry].values("dsc")
     return summary
 
 

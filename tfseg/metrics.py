@@ -5,11 +5,13 @@ Two different numbers, both named DSC:
 - `DiceCoefficient`: a Keras metric for `model.compile(metrics=...)`. It pools
   every pixel seen in an epoch into one DSC, which is quick to watch but is
   **not** the published figure.
-- `per_volume_dsc` / `volume_scores` / `summarize`: the metric of
-  PROTOCOL.md ("The metric"): per patient, threshold the stacked slice
-  probabilities, keep the largest 3-D connected component, DSC over the volume;
-  then mean (the headline) and median over patients. The training callbacks
-  and `evaluate.py` both call these functions, so both report the same number.
+- `volume_scores`, `VolumeMetrics`, `score_slices` / `per_volume_dsc`: the metric of PROTOCOL.md ("The metric"): per patient, threshold the
+  stacked slice probabilities, keep the largest 3-D connected component, DSC
+  over the volume; then mean (the headline) and median over patients.
+  `VolumeMetrics` is a per-case accumulator the way MONAI's metrics are
+  (`update(case, pred, true)` once per patient, then `aggregate()`): the
+  validation during training and `evaluate.py` both score through it, so both
+  report the same number.
 
 The threshold and the largest component are :mod:`tfseg.postprocess`'s
 (`THRESHOLD`, `postprocess_volume` and `largest_connected_component` are
@@ -88,7 +90,13 @@ def volume_dsc(pred, true):
     return 2.0 * int(np.logical_and(pred, true).sum()) / denominator
 
 
-def volume_scores(pred, true, voxelspacing=None):
+SCORE_KEYS = ("dsc", "hd95", "sensitivity", "precision", "pred_voxels", "true_voxels")
+"""What `volume_scores` returns for one volume, in this order (per_patient.csv's columns)."""
+AGGREGATED_KEYS = ("dsc", "hd95", "sensitivity", "precision")
+"""The scores `VolumeMetrics.aggregate` summarizes over cases (the voxel counts are not)."""
+
+
+def volume_scores(pred, true, voxelspacing=None, surface_distance=True):
     """All per-volume scores of one patient: boolean volumes (S, H, W) of the same shape in.
 
     Returns a dict of floats / ints:
@@ -102,23 +110,99 @@ def volume_scores(pred, true, voxelspacing=None):
             NaN when P is empty (nothing predicted).
         pred_voxels, true_voxels: |P| and |T| (ints).
     NaN marks "undefined", never 0: aggregate with `np.nanmean`/`np.nanmedian`
-    and report how many volumes were defined.
+    and report how many volumes were defined (`VolumeMetrics` does).
+    With ``surface_distance=False`` there is no ``hd95`` key: the surface
+    distance is by far the slowest score, and validation during training needs only the DSC.
     """
     pred, true = _check_pair(pred, true)
     n_pred, n_true = int(pred.sum()), int(true.sum())
     n_both = int(np.logical_and(pred, true).sum())
-    if n_pred and n_true:
+    if not surface_distance:
+        hd = None
+    elif n_pred and n_true:
         hd = float(_medpy_hd95(pred, true, voxelspacing=voxelspacing))
     else:
         hd = math.nan
-    return {
-        "dsc": volume_dsc(pred, true),
+    scores = {
+        "dsc": 2.0 * n_both / (n_pred + n_true) if n_pred + n_true else 1.0,  # = volume_dsc(pred, true)
         "hd95": hd,
         "sensitivity": n_both / n_true if n_true else math.nan,
         "precision": n_both / n_pred if n_pred else math.nan,
         "pred_voxels": n_pred,
         "true_voxels": n_true,
     }
+    if not surface_distance:
+        del scores["hd95"]
+    return scores
+
+
+class VolumeMetrics:
+    """Per-case accumulator of the per-volume scores: `update` once per patient, then `aggregate`.
+
+    The shape of MONAI's metrics (`update(case, pred, true)`, `aggregate()`,
+    `reset()`), with the case named so that per-patient tables and paired
+    comparisons can be built from it. Training validation and evaluate.py both
+    score through this class; the headline is ``aggregate()["dsc"]["mean"]``.
+
+    Args:
+        surface_distance: compute HD95 too (as `volume_scores`); off for the
+            DSC-only validation after every training epoch.
+    """
+
+    def __init__(self, surface_distance: bool = True):
+        self.surface_distance = surface_distance
+        self._cases: dict[str, dict] = {}
+
+    def update(self, case: str, pred, true, voxelspacing=None) -> dict:
+        """Score one case's boolean volumes (post-processed prediction, ground truth); returns its scores.
+
+        A case may be scored once: a second `update` of the same name is a ValueError
+        (it would silently replace the first and change the mean).
+        """
+        case = str(case)
+        if case in self._cases:
+            raise ValueError(f"VolumeMetrics.update(): case {case!r} was already scored; call reset() first "
+                             f"to score a new set of cases")
+        scores = volume_scores(pred, true, voxelspacing, self.surface_distance)
+        self._cases[case] = scores
+        return scores
+
+    def reset(self) -> None:
+        self._cases.clear()
+
+    def __len__(self) -> int:
+        return len(self._cases)
+
+    def cases(self) -> dict[str, dict]:
+        """{case: scores} in the order the cases were scored (a copy)."""
+        return {case: dict(scores) for case, scores in self._cases.items()}
+
+    def values(self, key: str = "dsc") -> dict[str, float]:
+        """{case: one score}, e.g. the DSC of every patient."""
+        return {case: scores[key] for case, scores in self._cases.items()}
+
+    def aggregate(self) -> dict:
+        """Over the cases: ``{"n": cases, key: {"mean", "median", "n"}}`` for every aggregated score.
+
+        Undefined (NaN) scores are left out of a key's mean and median, and its ``n``
+        counts the cases where it is defined; mean and median are None when none is.
+        """
+        if not self._cases:
+            raise ValueError("VolumeMetrics.aggregate() needs at least one scored case; call update() first")
+        out: dict = {"n": len(self._cases)}
+        for key in AGGREGATED_KEYS:
+            if key in next(iter(self._cases.values())):
+                values = np.array([scores[key] for scores in self._cases.values()], np.float64)
+                out[key] = describe(values[~np.isnan(values)])
+        return out
+
+
+def describe(values) -> dict:
+    """Mean, median and count of a sequence of numbers; mean and median are None when it is empty."""
+    values = np.asarray(values, np.float64)
+    if not values.size:
+        return {"mean": None, "median": None, "n": 0}
+    return {"mean": float(np.mean(values)), "median": float(np.median(values)), "n": int(values.size)}
 
 
 def group_by_patient(patient_ids):
@@ -139,7 +223,13 @@ def group_by_patient(patient_ids):
 
 
 def per_volume_dsc(probabilities, masks, patient_ids, threshold=THRESHOLD, largest_component=True):
-    """The protocol DSC of every patient.
+    """The protocol DSC of every patient: `score_slices(...).values("dsc")`."""
+    return score_slices(probabilities, masks, patient_ids, threshold, largest_component).values("dsc")
+
+
+def score_slices(probabilities, masks, patient_ids, threshold=THRESHOLD, largest_component=True,
+                 surface_distance=False) -> VolumeMetrics:
+    """Stack slices into patients, post-process, and score each one: a filled `VolumeMetrics`.
 
     Args:
         probabilities: (N, H, W) or (N, H, W, 1) float predicted probabilities of N slices.
@@ -148,28 +238,28 @@ def per_volume_dsc(probabilities, masks, patient_ids, threshold=THRESHOLD, large
             patient's slices must appear in slice order; patients may be
             interleaved.
         threshold, largest_component: as in `postprocess_volume`.
+        surface_distance: as in `VolumeMetrics` (off: DSC, sensitivity, precision only).
 
     Returns:
-        {patient_id: DSC} in the order patients first appear.
+        a `VolumeMetrics` whose cases are the patients, in the order they first appear.
     """
     probabilities = _slices(probabilities, "probabilities")
     masks = _slices(masks, "masks")
     if probabilities.shape != masks.shape or len(patient_ids) != len(masks):
-        raise ValueError(f"per_volume_dsc() needs matching inputs: probabilities {probabilities.shape}, "
+        raise ValueError(f"per_volume_dsc()/score_slices() need matching inputs: probabilities {probabilities.shape}, "
                          f"masks {masks.shape}, {len(patient_ids)} patient ids")
-    scores = {}
+    metric = VolumeMetrics(surface_distance=surface_distance)
     for pid, indices in group_by_patient(patient_ids).items():
-        pred = postprocess_volume(probabilities[indices], threshold, largest_component)
-        scores[pid] = volume_dsc(pred, masks[indices] > 0.5)
-    return scores
+        metric.update(pid, postprocess_volume(probabilities[indices], threshold, largest_component),
+                      masks[indices] > 0.5)
+    return metric
 
 
 def summarize(dsc_by_patient):
     """Mean (the headline), median and count of per-patient DSCs: {id: DSC} -> {"mean", "median", "n"}."""
     if not dsc_by_patient:
         raise ValueError("summarize() needs the DSC of at least one patient, got an empty dict")
-    values = np.asarray(list(dsc_by_patient.values()), dtype=np.float64)
-    return {"mean": float(np.mean(values)), "median": float(np.median(values)), "n": int(values.size)}
+    return describe(list(dsc_by_patient.values()))
 
 
 def _slices(array, what):

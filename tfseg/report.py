@@ -1,7 +1,8 @@
 """A Markdown report comparing training runs and their evaluations.
 
     python -m tfseg.report results/cpu-128/* -o reports/REPORT.md --title "cpu-128 campaign" \
-        --notes reports/NOTES.md [--baseline b16-reference-settings]
+        --notes reports/NOTES.md [--baseline b16-reference-settings] \
+        [--cv cv/ ...] [--radiogenomics results/radiogenomics/manual --radiogenomics rg_pred/ ...]
 
 A run is either a live run folder written by ``train.py`` (evaluation in ``RUN_DIR/eval``)
 or a flat results folder (``results/<budget>/<name>``: the evaluation files beside
@@ -20,6 +21,20 @@ every run per patient, the best and worst case of the best run, and how to repro
 each run. Figures go to ``figures/`` beside the report, prefixed with the report's
 name (``reports/REPORT.md`` -> ``reports/figures/REPORT_time_to_accuracy.png``), and
 are linked with relative paths, so the folder can be moved or published as is.
+
+Two optional sections, before the reproducing commands (issue 10; built by tfseg.report_studies):
+
+* ``--cv DIR`` (repeatable): a cross-validation folder written by ``python -m tfseg.cv``
+  (``summary.json``, ``per_patient.csv``, ``dsc.png``). One row per folder (folds,
+  patients, mean/median DSC in both geometries, the model's settings), each folder's
+  per-fold figures, its 5 worst patients and its uncertainty ranking when scored, and
+  the comparison with the paper (Buda et al. 2019: 22-fold CV, mean 82% / median 85%;
+  two human readers agree at about 84%) and with the goal, mean DSC >= 0.88.
+* ``--radiogenomics DIR`` (repeatable; the manual masks first): folders written by
+  ``python -m tfseg.radiogenomics`` (``summary.json``, ``tests.csv``, ``features.csv``,
+  ``figure.png``). The primary tests side by side with the paper's p-values, what is
+  significant in each folder, what the first folder and each other one agree on, and
+  the Spearman rho of each feature between them over their common patients.
 """
 from __future__ import annotations
 
@@ -32,12 +47,14 @@ from datetime import datetime
 from pathlib import Path
 
 from tfseg.fileio import atomic_path
+from tfseg.markdown import DASH, fixed as _fixed, text as _text
+from tfseg.report_studies import (CV_GOAL_MEAN_DSC, CVFolder, RadiogenomicsFolder, cv_section, folder_figures,
+                                  load_cv, load_folders, load_radiogenomics, radiogenomics_section)
 from tfseg.runs import EVAL_DIR, RunFolderError, RunRecord, as_number, load_run
 from tfseg.seed_groups import describe_group, paired_comparison, seed_groups
 from tfseg.visualize import (dsc_comparison_chart, dsc_patient_comparison, save_figure,
                              time_to_accuracy_chart)
 
-DASH = "—"
 DEFAULT_TITLE = "Experiment report"
 BASELINE_MARK = "reference-settings"  # default baseline: a run whose name contains this
 
@@ -47,7 +64,6 @@ REFERENCE_DSC_BY_EPOCH = (0.54, 0.69, 0.73, 0.64, 0.74, 0.77, 0.78, 0.88, 0.88, 
 REFERENCE_TRAIN_MINUTES = 44.6
 REFERENCE_MEAN_DSC = 0.894
 IMAGES_PER_EPOCH = 208 * 16
-
 
 class ReportError(RunFolderError):
     """A report cannot be made as asked (no runs, a missing notes file, an unknown baseline); the message says why."""
@@ -74,15 +90,6 @@ def choose_baseline(runs: list[RunRecord], name: str | None = None) -> RunRecord
 # ----------------------------------------------------------------------------
 # Table cells
 # ----------------------------------------------------------------------------
-
-def _text(value) -> str:
-    return DASH if value is None or value == "" else str(value).replace("|", "\\|")
-
-
-def _fixed(value, digits: int) -> str:
-    value = as_number(value)
-    return DASH if value is None else f"{value:.{digits}f}"
-
 
 def _duration(seconds) -> str:
     seconds = as_number(seconds)
@@ -335,15 +342,19 @@ class ReportFigures:
     best_vs_baseline: Path | None = None
     per_patient: Path | None = None
     cases: list = field(default_factory=list)
+    cv: dict = field(default_factory=dict)  # CV folder label -> its dsc.png copied into figures/ (None: none)
+    radiogenomics: dict = field(default_factory=dict)  # radiogenomics folder label -> its figure.png copy
 
 
 def build_report(run_dirs: list[str | Path], output: str | Path, title: str = DEFAULT_TITLE,
-                 notes: str | Path | None = None, baseline: str | None = None) -> Path:
+                 notes: str | Path | None = None, baseline: str | None = None,
+                 cv: list[str | Path] | None = None, radiogenomics: list[str | Path] | None = None) -> Path:
     """Write the Markdown report of ``run_dirs`` to ``output`` (and its figures beside it); returns its path.
 
     title: the report's heading; notes: a Markdown file inserted verbatim after the tables (the hand-written
     analysis, kept in its own file so the report can be regenerated); baseline: the name of the run the best
-    one is compared with (default: a run whose name contains 'reference-settings').
+    one is compared with (default: a run whose name contains 'reference-settings'); cv: folders of
+    ``python -m tfseg.cv``; radiogenomics: folders of ``python -m tfseg.radiogenomics``, the manual masks first.
     Everything is read and checked before anything is written.
     """
     if not run_dirs:
@@ -352,11 +363,14 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str = DE
     notes_text = read_notes(notes, output) if notes else None
     runs = sort_runs([load_run(p) for p in run_dirs])
     base = choose_baseline(runs, baseline)
+    cv_folders, rg_folders = load_folders(load_cv, cv), load_folders(load_radiogenomics, radiogenomics)
     figures, prefix = output.parent / "figures", output.stem
     time_png, estimated = time_to_accuracy_figure(runs, figures, prefix)
     drawn = ReportFigures(time_png, estimated, base, baseline_figure(runs[0], base, figures, prefix),
                           comparison_figure(runs, figures, prefix), case_figures(runs[0], figures, prefix))
-    text = render(runs, output.parent, drawn, title=title, notes=notes_text)
+    drawn.cv, drawn.radiogenomics = folder_figures(cv_folders, rg_folders, figures, prefix)
+    text = render(runs, output.parent, drawn, title=title, notes=notes_text, cv=cv_folders,
+                  radiogenomics=rg_folders)
     with atomic_path(output) as tmp:
         tmp.write_text(text)
     return output
@@ -375,8 +389,10 @@ def read_notes(path: str | Path, output: Path) -> str:
 
 
 def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title: str = DEFAULT_TITLE,
-           notes: str | None = None) -> str:
-    """The report's Markdown: header, results and settings tables, notes verbatim, then the figure sections."""
+           notes: str | None = None, cv: list[CVFolder] = (),
+           radiogenomics: list[RadiogenomicsFolder] = ()) -> str:
+    """The report's Markdown: header, results and settings tables, notes verbatim, the figure sections, then
+    cross-validation and radiogenomics when given, and how to reproduce each run."""
     rel = lambda p: os.path.relpath(p, report_dir).replace(os.sep, "/")  # noqa: E731
     lines = [f"# {title}", "",
              f"Generated {datetime.now().isoformat(timespec='seconds')} from {len(runs)} run(s). Protocol: "
@@ -399,6 +415,10 @@ def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title:
     lines += ([f"![per-patient DSC of every run]({rel(drawn.per_patient)})", ""] if drawn.per_patient
               else ["No run has per-patient scores.", ""])
     lines += _cases_section(runs[0], drawn.cases, rel)
+    if cv:
+        lines += cv_section(cv, drawn.cv, rel)
+    if radiogenomics:
+        lines += radiogenomics_section(radiogenomics, drawn.radiogenomics, rel)
     lines += ["## How to reproduce each run", ""]
     for run in runs:
         lines += _reproduce(run)
@@ -508,9 +528,19 @@ def main(argv=None) -> int:
     parser.add_argument("--notes", metavar="FILE", help="hand-written Markdown inserted verbatim after the tables")
     parser.add_argument("--baseline", metavar="NAME", help="the run the best run is compared with per patient "
                         f"(default: a run whose name contains '{BASELINE_MARK}')")
+    parser.add_argument("--cv", metavar="DIR", action="append", default=[],
+                        help="a cross-validation folder written by `python -m tfseg.cv` (summary.json, "
+                        "per_patient.csv, dsc.png): adds the 'Cross-validation' section with the comparison to "
+                        f"the paper and the goal (mean DSC >= {CV_GOAL_MEAN_DSC}); give it once per folder")
+    parser.add_argument("--radiogenomics", metavar="DIR", action="append", default=[],
+                        help="a folder written by `python -m tfseg.radiogenomics` (summary.json, tests.csv, "
+                        "features.csv, figure.png): adds the radiogenomics section, its p-values beside the "
+                        "paper's; give it once per folder, the manual masks first (the others are compared "
+                        "with it)")
     args = parser.parse_args(argv)
     try:
-        path = build_report(args.runs, args.output, title=args.title, notes=args.notes, baseline=args.baseline)
+        path = build_report(args.runs, args.output, title=args.title, notes=args.notes, baseline=args.baseline,
+                            cv=args.cv, radiogenomics=args.radiogenomics)
     except RunFolderError as err:  # ReportError included
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ The packed slices of a split are read once into memory (``SliceTable``: at
   batches from a variable holding the slices and prefetches;
 * :func:`validation_dataset` yields every slice in fixed patient/slice order.
 
-Augmentation is not here: it runs inside the training step (``tfseg.data.augment``).
+Augmentation is not here: it runs inside the training step (``tfseg.training.augment``).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfseg.data.pipeline import SliceTable, validation_dataset
 from tfseg.fileio import remove_dead_temporaries, write_json_atomic
-from tfseg.metrics import per_volume_dsc, summarize
+from tfseg.metrics import score_slices
 from tfseg.postprocess import THRESHOLD
 from tfseg.visualize import FLAIR_CHANNEL, dsc_bar_chart, figure_to_array, grid, overlay
 
@@ -53,14 +53,15 @@ class VolumeValidation(keras.callbacks.Callback):
             total += float(tf.reduce_sum(hard) + tf.reduce_sum(mask))
             probs.append(p.numpy()[..., 0])
         self.last_probabilities = np.concatenate(probs)
-        self.last_dsc = per_volume_dsc(self.last_probabilities, self.table.masks, self.table.patients)
-        summary = summarize(self.last_dsc)
+        scored = score_slices(self.last_probabilities, self.table.masks, self.table.patients)
+        self.last_dsc = scored.values("dsc")
+        dsc = scored.aggregate()["dsc"]
         if logs is not None:
             logs.update(val_loss=float(np.mean(losses)), val_dsc=2 * inter / total if total else 1.0,
-                        val_volume_dsc=summary["mean"], val_volume_dsc_median=summary["median"])
+                        val_volume_dsc=dsc["mean"], val_volume_dsc_median=dsc["median"])
         self.seconds += time.perf_counter() - started
-        print(f"\nepoch {epoch + 1}: validation mean per-volume DSC {summary['mean']:.4f} "
-              f"(median {summary['median']:.4f}, {summary['n']} patients)")
+        print(f"\nepoch {epoch + 1}: validation mean per-volume DSC {dsc['mean']:.4f} "
+              f"(median {dsc['median']:.4f}, {dsc['n']} patients)")
 
 
 class TensorBoardExtras(keras.callbacks.Callback):

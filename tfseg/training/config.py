@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from tfseg.data.augment import AugmentConfig
+from tfseg.training.augment import AugmentConfig
 
 # Presets override the defaults; flags given explicitly on the command line win over both.
 PRESETS = {

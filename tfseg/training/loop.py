@@ -17,7 +17,6 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfseg.data.augment import Augment
 from tfseg.data.kaggle import DataError
 from tfseg.data.pack import pack
 from tfseg.data.pipeline import distributed_training_dataset, load_slices, training_dataset
@@ -28,66 +27,17 @@ from tfseg.losses import get_loss
 from tfseg.metrics import DiceCoefficient
 from tfseg.models import build_model, deep_supervision_weights, inference_model
 from tfseg.training import callbacks as cb
+from tfseg.training.augment import Augment
 from tfseg.training.config import TrainConfig
 from tfseg.training.runtime import (FIRST_STEP_EXTRA_SECONDS, ClusterError, Watchdog, choose_strategy, cluster_spec,
                                     code_version, cpu_has_bf16, cpu_model, describe, is_chief, machine_info,
                                     set_precision, worker_timeout)
 from tfseg.training.schedules import PlannedSchedule
+from tfseg.training.trainer import AugmentedTrainer
 
 
 class TrainingError(RuntimeError):
     """A run could not complete (e.g. a non-finite loss); the message says what was kept."""
-
-
-@keras.saving.register_keras_serializable(package="tfseg")
-class AugmentedTrainer(keras.Model):
-    """Wraps a segmentation network so augmentation runs inside the training step.
-
-    ``train_step`` augments the batch (on the accelerator when there is one), then
-    does the standard Keras step; evaluation and prediction see the raw inputs.
-    With deep supervision the single mask target is repeated for every output.
-    Only the wrapped ``net`` is saved for inference.
-    """
-
-    def __init__(self, net: keras.Model, augment: Augment, **kwargs):
-        super().__init__(**kwargs)
-        self.net, self.augment = net, augment
-        self.n_outputs = len(net.outputs)
-
-    def call(self, inputs, training=False):
-        return self.net(inputs, training=training)
-
-    def _targets(self, mask):
-        return mask if self.n_outputs == 1 else tuple([mask] * self.n_outputs)
-
-    def train_step(self, data):
-        image, mask = data
-        image, mask = self.augment(image, mask, training=True)
-        return self._multi_worker_logs(super().train_step((image, self._targets(mask))))
-
-    def test_step(self, data):
-        image, mask = data
-        return self._multi_worker_logs(super().test_step((image, self._targets(mask))))
-
-    # (image, mask) of one local batch, set before fit() under a multi-worker strategy.
-    example_batch = None
-
-    def _multi_worker_logs(self, logs):
-        # Under MultiWorkerMirroredStrategy Keras averages each log over replicas with
-        # strategy.reduce("MEAN", value, axis=0), which fails on a scalar (Keras 3.x); a (1,)
-        # value reduces to the same scalar. Elsewhere the logs are left alone.
-        if self.example_batch is None:
-            return logs
-        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds the model from the first distributed batch, averaged with an eager
-        # cross-replica reduce; MultiWorkerMirroredStrategy cannot reduce eagerly (TF 2.21:
-        # "Attempt to convert a value (PerReplica...)"), and the batch would be lost to the
-        # stream. A local example batch has the same shapes.
-        if iterator is not None and self.example_batch is not None:
-            iterator, data_batch = None, self.example_batch
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 def resolve_tfrecords(config: TrainConfig) -> Path:
