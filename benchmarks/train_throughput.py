@@ -9,7 +9,9 @@ reference is ``benchmarks/reference_torch_step.py`` (the same network, size and
 batch in PyTorch fp32) run by a Python that has torch. Every variant and the
 reference are interleaved in each of ``--rounds`` rounds and the medians are
 compared (single timings on shared machines swing ±30–50%). Variants: float32 and,
-on a CPU with bfloat16, mixed_bfloat16; each with and without XLA (``jit_compile``).
+on a CPU with bfloat16, mixed_bfloat16; each with and without XLA (``jit_compile``);
+with ``--keras-batch-norm`` also each with Keras's own BatchNormalization in place of
+tfseg's fused one (tfseg.models.normalization), to time what the fused kernel gains.
 Writes benchmarks/results/train_throughput.json with the CPU model and flags, every
 sample, the medians and each variant's ratio to the reference.
 """
@@ -28,13 +30,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 
 from benchmarks.common import images_per_second, median, write_result  # noqa: E402
-from tfseg.training.augment import Augment  # noqa: E402
 from tfseg.data.pipeline import load_slices, training_dataset  # noqa: E402
 from tfseg.losses import get_loss  # noqa: E402
 from tfseg.metrics import DiceCoefficient  # noqa: E402
-from tfseg.models import ARCHITECTURES, build_model  # noqa: E402
-from tfseg.training.trainer import AugmentedTrainer  # noqa: E402
+from tfseg.models import ARCHITECTURES, build_model, unet  # noqa: E402
+from tfseg.models.normalization import FusedBatchNormalization  # noqa: E402
+from tfseg.training.augment import Augment  # noqa: E402
 from tfseg.training.runtime import choose_precision, cpu_flags  # noqa: E402
+from tfseg.training.trainer import AugmentedTrainer  # noqa: E402
+
+# What --keras-batch-norm compares: the class tfseg.models.unet.batch_norm builds.
+BATCH_NORMS = {"fused": FusedBatchNormalization, "keras": keras.layers.BatchNormalization}
 
 # The instruction sets that decide convolution speed on a CPU (recorded with every result).
 VECTOR_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -53,10 +59,15 @@ def packed_folder(data: str | None, size: int) -> str:
     return os.path.join(root, "tfr")
 
 
-def measure_tfseg(arch: str, policy: str, xla: bool, table, size: int, batch: int, steps: int) -> float:
-    """images/s of tfseg's full training step (the same one train.py compiles)."""
+def measure_tfseg(arch: str, policy: str, xla: bool, batch_norm: str, table, size: int, batch: int,
+                  steps: int) -> float:
+    """images/s of tfseg's full training step (the same one train.py compiles).
+
+    batch_norm: "fused" (tfseg's default) or "keras" (keras.layers.BatchNormalization).
+    """
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
+    unet.BATCH_NORM = BATCH_NORMS[batch_norm]
     try:
         trainer = AugmentedTrainer(build_model(arch, (size, size, 3), 32), Augment(seed=0))
         trainer.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("dice"), metrics=[DiceCoefficient()],
@@ -68,6 +79,7 @@ def measure_tfseg(arch: str, policy: str, xla: bool, table, size: int, batch: in
         return images_per_second(lambda: step(iterator), batch, steps)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        unet.BATCH_NORM = BATCH_NORMS["fused"]
 
 
 def find_reference_python(given: str | None) -> str | None:
@@ -78,12 +90,9 @@ def find_reference_python(given: str | None) -> str | None:
             raise SystemExit(f"--reference-python {candidate}: not an executable; give the python of an environment "
                              "made with `pip install -r benchmarks/requirements-reference.txt`.")
         return candidate
-    try:
-        import importlib.util
+    import importlib.util
 
-        return sys.executable if importlib.util.find_spec("torch") else None
-    except ValueError:
-        return None
+    return sys.executable if importlib.util.find_spec("torch") else None
 
 
 def measure_reference(python: str, batch: int, steps: int, reference_dir: str | None) -> float:
@@ -96,13 +105,15 @@ def measure_reference(python: str, batch: int, steps: int, reference_dir: str | 
     return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_second"])
 
 
-def variants(archs: list[str], mixed: str, xla: bool) -> list[tuple[str, str, bool]]:
+def variants(archs: list[str], mixed: str, xla: bool, keras_batch_norm: bool) -> list[tuple[str, str, bool, str]]:
     policies = ["float32"] + ([mixed] if mixed != "float32" else [])
-    return [(arch, policy, jit) for arch in archs for policy in policies for jit in ([False, True] if xla else [False])]
+    norms = ["fused", "keras"] if keras_batch_norm else ["fused"]
+    return [(arch, policy, jit, norm) for arch in archs for policy in policies
+            for jit in ([False, True] if xla else [False]) for norm in norms]
 
 
-def label(arch: str, policy: str, xla: bool) -> str:
-    return f"{arch} {policy}{' +xla' if xla else ''}"
+def label(arch: str, policy: str, xla: bool, batch_norm: str = "fused") -> str:
+    return f"{arch} {policy}{' +xla' if xla else ''}{' keras-BN' if batch_norm == 'keras' else ''}"
 
 
 def main(argv=None) -> int:
@@ -113,6 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--archs", nargs="+", default=["unet"], choices=sorted(ARCHITECTURES))
     parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile variants")
+    parser.add_argument("--keras-batch-norm", action="store_true",
+                        help="also time every variant with keras.layers.BatchNormalization instead of the fused one")
     parser.add_argument("--reference-python", help="python with torch (default: $TFSEG_REFERENCE_PYTHON or this one)")
     parser.add_argument("--reference-dir", help="checkout of the reference program: time its own unet.py and loss.py")
     args = parser.parse_args(argv)
@@ -123,7 +136,7 @@ def main(argv=None) -> int:
     if reference_python is None:
         print("no torch here: the reference is not measured (pass --reference-python; see "
               "benchmarks/requirements-reference.txt)", flush=True)
-    runs = variants(args.archs, mixed, not args.no_xla)
+    runs = variants(args.archs, mixed, not args.no_xla, args.keras_batch_norm)
     samples: dict[str, list[float]] = {label(*v): [] for v in runs}
     reference: list[float] = []
     for round_ in range(args.rounds):
