@@ -124,6 +124,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--archs", nargs="+", default=["unet"], choices=sorted(ARCHITECTURES))
     parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile variants")
+    parser.add_argument("--output", default="train_throughput.json",
+                        help="file name under benchmarks/results/ (default: %(default)s)")
+    parser.add_argument("--float32-only", action="store_true",
+                        help="skip the mixed-precision variants (e.g. with ONEDNN_MAX_CPU_ISA=AVX2, which makes oneDNN "
+                        "in both TensorFlow and PyTorch use AVX2 only: an estimate for AVX2-only CPUs)")
     parser.add_argument("--keras-batch-norm", action="store_true",
                         help="also time every variant with keras.layers.BatchNormalization instead of the fused one")
     parser.add_argument("--reference-python", help="python with torch (default: $TFSEG_REFERENCE_PYTHON or this one)")
@@ -131,7 +136,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     size = 128
     table = load_slices(packed_folder(args.data, size))
-    mixed = choose_precision("auto")[0]
+    mixed = "float32" if args.float32_only else choose_precision("auto")[0]
     reference_python = find_reference_python(args.reference_python)
     if reference_python is None:
         print("no torch here: the reference is not measured (pass --reference-python; see "
@@ -157,10 +162,11 @@ def main(argv=None) -> int:
         print(f"{name:32s} median {result['median']:6.1f} img/s{ratio}")
     if reference_median:
         print(f"{'reference (PyTorch fp32)':32s} median {reference_median:6.1f} img/s")
-    write_result("train_throughput.json", {
+    write_result(args.output, {
         "image_size": size, "base_filters": 32, "batch_size": args.batch_size, "steps": args.steps,
         "rounds": args.rounds, "data": args.data or "synthetic phantom", "cpu_flags": sorted(cpu_flags() & VECTOR_FLAGS),
-        "auto_policy": mixed, "images_per_second": results,
+        "auto_policy": mixed, "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "images_per_second": results,
         "reference": {"median": reference_median, "samples": reference,
                       "source": args.reference_dir or "benchmarks/reference_torch_step.py",
                       "python": reference_python},
