@@ -256,3 +256,22 @@ def test_a_prediction_with_the_wrong_slice_count_is_an_error(data_with_clusters,
     np.savez(predictions / f"{patient}.npz", mask=np.zeros((2, 256, 256), bool))
     with pytest.raises(DataError, match=f"{patient}.npz: 2 slices, but"):
         run(data_with_clusters, predictions, tmp_path / "out")
+
+
+def test_bevr_retries_at_the_fallback_tolerance_when_khachiyan_does_not_converge(monkeypatch):
+    from tfseg.radiogenomics import shape
+
+    asked = []
+    exact = shape.minimum_volume_ellipsoid
+
+    def first_call_fails(points, tol=1e-7, max_iter=200_000):
+        asked.append(tol)
+        if len(asked) == 1:
+            raise RuntimeError("did not reach tol")
+        return exact(points, tol=tol, max_iter=max_iter)
+
+    monkeypatch.setattr(shape, "minimum_volume_ellipsoid", first_call_fails)
+    box = np.zeros((4, 6, 6), bool)
+    box[1:3, 1:4, 2:5] = True
+    assert shape.bevr(box) == pytest.approx(2 / (math.pi * math.sqrt(3)), rel=1e-4)
+    assert asked == [1e-7, shape.FALLBACK_TOL]
