@@ -12,8 +12,10 @@ compared (single timings on shared machines swing ±30–50%). Variants: float32
 on a CPU with bfloat16, mixed_bfloat16; each with and without XLA (``jit_compile``);
 with ``--keras-batch-norm`` also each with Keras's own BatchNormalization in place of
 tfseg's fused one (tfseg.models.normalization), to time what the fused kernel gains.
-Writes benchmarks/results/train_throughput.json with the CPU model and flags, every
-sample, the medians and each variant's ratio to the reference.
+``--float32-only`` skips the mixed-precision variants (with ``ONEDNN_MAX_CPU_ISA=AVX2``:
+an estimate for AVX2-only CPUs). Writes benchmarks/results/train_throughput.json (or
+``--output NAME``) with the CPU model and flags, every sample, the medians and each
+variant's ratio to the reference.
 """
 from __future__ import annotations
 
@@ -33,14 +35,11 @@ from benchmarks.common import images_per_second, median, write_result  # noqa: E
 from tfseg.data.pipeline import load_slices, training_dataset  # noqa: E402
 from tfseg.losses import get_loss  # noqa: E402
 from tfseg.metrics import DiceCoefficient  # noqa: E402
-from tfseg.models import ARCHITECTURES, build_model, unet  # noqa: E402
-from tfseg.models.normalization import FusedBatchNormalization  # noqa: E402
+from tfseg.models import ARCHITECTURES, build_model  # noqa: E402
 from tfseg.training.augment import Augment  # noqa: E402
 from tfseg.training.runtime import choose_precision, cpu_flags  # noqa: E402
 from tfseg.training.trainer import AugmentedTrainer  # noqa: E402
 
-# What --keras-batch-norm compares: the class tfseg.models.unet.batch_norm builds.
-BATCH_NORMS = {"fused": FusedBatchNormalization, "keras": keras.layers.BatchNormalization}
 
 # The instruction sets that decide convolution speed on a CPU (recorded with every result).
 VECTOR_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -67,9 +66,8 @@ def measure_tfseg(arch: str, policy: str, xla: bool, batch_norm: str, table, siz
     """
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    unet.BATCH_NORM = BATCH_NORMS[batch_norm]
     try:
-        trainer = AugmentedTrainer(build_model(arch, (size, size, 3), 32), Augment(seed=0))
+        trainer = AugmentedTrainer(build_model(arch, (size, size, 3), 32, batch_norm=batch_norm), Augment(seed=0))
         trainer.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("dice"), metrics=[DiceCoefficient()],
                         jit_compile=xla)
         ds, _ = training_dataset(table, batch, seed=0)
@@ -79,7 +77,6 @@ def measure_tfseg(arch: str, policy: str, xla: bool, batch_norm: str, table, siz
         return images_per_second(lambda: step(iterator), batch, steps)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-        unet.BATCH_NORM = BATCH_NORMS["fused"]
 
 
 def find_reference_python(given: str | None) -> str | None:
@@ -87,7 +84,8 @@ def find_reference_python(given: str | None) -> str | None:
     candidate = given or os.environ.get("TFSEG_REFERENCE_PYTHON")
     if candidate:
         if not os.access(candidate, os.X_OK):
-            raise SystemExit(f"--reference-python {candidate}: not an executable; give the python of an environment "
+            source = "--reference-python" if given else "$TFSEG_REFERENCE_PYTHON"
+            raise SystemExit(f"{source} {candidate}: not an executable; give the python of an environment "
                              "made with `pip install -r benchmarks/requirements-reference.txt`.")
         return candidate
     import importlib.util
@@ -165,7 +163,8 @@ def main(argv=None) -> int:
     write_result(args.output, {
         "image_size": size, "base_filters": 32, "batch_size": args.batch_size, "steps": args.steps,
         "rounds": args.rounds, "data": args.data or "synthetic phantom", "cpu_flags": sorted(cpu_flags() & VECTOR_FLAGS),
-        "auto_policy": mixed, "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "auto_policy": choose_precision("auto")[0], "float32_only": args.float32_only,
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "images_per_second": results,
         "reference": {"median": reference_median, "samples": reference,
                       "source": args.reference_dir or "benchmarks/reference_torch_step.py",

@@ -172,3 +172,9 @@ def test_layout_problems_are_reported_before_any_pixel_is_read(phantom_dir, tmp_
 def test_unknown_patient_name_is_an_error(phantom_dir):
     with pytest.raises(DataError, match="unknown patients.*TCGA_NO_SUCH"):
         read_kaggle_folder(phantom_dir, ["TCGA_NO_SUCH_PATIENT"])
+
+
+def test_a_patient_named_twice_is_an_error(phantom_dir):
+    first = sorted(p.name for p in phantom_dir.iterdir() if p.is_dir())[0]
+    with pytest.raises(DataError, match=f"more than once: \\['{first}'\\]"):
+        read_kaggle_folder(phantom_dir, [first, first])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfseg.postprocess
-from tfseg.metrics import (DiceCoefficient, VolumeMetrics, group_by_patient, per_volume_dsc, score_slices, summarize,
+from tfseg.metrics import (DiceCoefficient, VolumeMetrics, describe, group_by_patient, per_volume_dsc, score_slices,
                            volume_dsc, volume_scores)
 from volumes import cube
 
@@ -62,7 +62,7 @@ def test_volume_scores_are_nan_where_undefined():
     assert all(math.isnan(both_empty[k]) for k in ("hd95", "sensitivity", "precision"))
 
 
-# --- per_volume_dsc / summarize ---------------------------------------------------
+# --- per_volume_dsc / describe ---------------------------------------------------
 
 def test_group_by_patient_keeps_first_appearance_and_slice_order():
     groups = group_by_patient(["b", "a", b"b", "a", "b"])
@@ -109,13 +109,9 @@ def test_the_post_processing_is_tfseg_postprocess_and_still_importable_from_metr
     assert DiceCoefficient().threshold == tfseg.postprocess.THRESHOLD == 0.5
 
 
-def test_summarize_gives_mean_median_and_count():
-    assert summarize({"a": 0.9, "b": 0.5, "c": 1.0}) == {"mean": pytest.approx(0.8), "median": 0.9, "n": 3}
-
-
-def test_summarize_rejects_no_patients():
-    with pytest.raises(ValueError, match="at least one patient"):
-        summarize({})
+def test_describe_gives_mean_median_and_count_and_none_for_nothing():
+    assert describe([0.9, 0.5, 1.0]) == {"mean": pytest.approx(0.8), "median": 0.9, "n": 3}
+    assert describe([]) == {"mean": None, "median": None, "n": 0}
 
 
 
@@ -160,14 +156,27 @@ def test_volume_metrics_without_surface_distance_skips_hd95_only():
     assert {k: v for k, v in volume_scores(cube(start=(2, 4, 5)), cube()).items() if k != "hd95"} == scores
 
 
-def test_score_slices_is_the_accumulator_behind_per_volume_dsc_and_summarize():
+def test_volume_metrics_reads_bytes_case_ids_as_group_by_patient_does():
+    metric = VolumeMetrics(surface_distance=False)
+    metric.update(b"TCGA_A", cube(), cube())
+    assert list(metric.cases()) == ["TCGA_A"] == list(group_by_patient([b"TCGA_A"]))
+    with pytest.raises(ValueError):
+        metric.update("TCGA_A", cube(), cube())
+
+
+def test_score_slices_is_the_accumulator_behind_per_volume_dsc_and_describe():
     rng = np.random.default_rng(0)
     probabilities = rng.random((6, 8, 8)).astype(np.float32)
     masks = (rng.random((6, 8, 8)) > 0.6).astype(np.float32)
     ids = ["a", "b", "a", "b", "a", "b"]
     scored = score_slices(probabilities, masks, ids)
     assert scored.values("dsc") == per_volume_dsc(probabilities, masks, ids)
-    assert scored.aggregate()["dsc"] == summarize(scored.values("dsc"))
+    # Independently: each patient's slices stacked in order, thresholded, largest component, DSC.
+    by_hand = {pid: volume_dsc(tfseg.postprocess.postprocess_volume(probabilities[pid == np.array(ids)]),
+                               masks[pid == np.array(ids)] > 0.5) for pid in ("a", "b")}
+    assert scored.values("dsc") == pytest.approx(by_hand)
+    assert scored.aggregate()["dsc"] == {"mean": pytest.approx(np.mean(list(by_hand.values()))),
+                                         "median": pytest.approx(np.median(list(by_hand.values()))), "n": 2}
     assert "hd95" in score_slices(probabilities, masks, ids, surface_distance=True).aggregate()
 
 # --- DiceCoefficient -------------------------------------------------------------

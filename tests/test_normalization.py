@@ -94,3 +94,22 @@ def test_models_use_it_and_save_and_load_with_it(tmp_path):
     assert isinstance(loaded.get_layer(norms[0].name), FusedBatchNormalization)
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict_on_batch(x), model.predict_on_batch(x))
+
+
+@pytest.mark.parametrize("arch", ["unet", "attention_unet", "resunet"])
+def test_build_model_batch_norm_keras_builds_the_same_network_with_keras_layers(arch):
+    fused = build_model(arch, (32, 32, 3), 4)
+    plain = build_model(arch, (32, 32, 3), 4, batch_norm="keras")
+    kinds = {type(layer) for layer in plain.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert kinds == {keras.layers.BatchNormalization}
+    plain.set_weights(fused.get_weights())  # same variables in the same order
+    x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(plain.predict_on_batch(x), fused.predict_on_batch(x), atol=1e-6)
+    # The choice is scoped to that call: the next model is fused again.
+    again = build_model(arch, (32, 32, 3), 4)
+    assert any(isinstance(layer, FusedBatchNormalization) for layer in again.layers)
+
+
+def test_build_model_names_the_batch_norm_choices_on_a_wrong_one():
+    with pytest.raises(ValueError, match="fused, keras"):
+        build_model("unet", (32, 32, 3), 4, batch_norm="group")

@@ -80,7 +80,9 @@ def test_bevr_is_at_most_one_for_irregular_shapes():
 def test_khachiyan_drops_interior_points_and_finds_the_circumcircle_of_a_triangle():
     triangle = np.array([[1.0, 0.0], [-0.5, math.sqrt(3) / 2], [-0.5, -math.sqrt(3) / 2]]) * 2 + [3.0, -1.0]
     inside = np.array([[3.2, -1.1], [2.5, -0.8], [3.0, -1.0]])
-    centre, a, _ = minimum_volume_ellipsoid(np.vstack([triangle, inside]), tol=1e-9)
+    fit = minimum_volume_ellipsoid(np.vstack([triangle, inside]), tol=1e-9)
+    centre, a = fit.centre, fit.a
+    assert fit.converged(1e-9)
     assert centre == pytest.approx([3.0, -1.0], abs=1e-6)
     assert ellipsoid_volume(a) == pytest.approx(math.pi * 2.0**2, rel=1e-6)  # circumradius 2
 
@@ -258,20 +260,42 @@ def test_a_prediction_with_the_wrong_slice_count_is_an_error(data_with_clusters,
         run(data_with_clusters, predictions, tmp_path / "out")
 
 
-def test_bevr_retries_at_the_fallback_tolerance_when_khachiyan_does_not_converge(monkeypatch):
+def test_an_untrusted_ellipsoid_fit_is_an_error_naming_the_patient_and_mask(data_with_clusters, tmp_path, monkeypatch):
     from tfseg.radiogenomics import shape
 
-    asked = []
     exact = shape.minimum_volume_ellipsoid
+    monkeypatch.setattr(shape, "minimum_volume_ellipsoid", lambda points, tol: exact(points, tol=tol)._replace(gap=1.0))
+    patient = sorted(p.name for p in data_with_clusters.iterdir() if p.is_dir())[0]
+    with pytest.raises(DataError, match=f"{patient} \\(manual\\): bevr\\(\\).*MAX_BEVR_GAP"):
+        run(data_with_clusters, "manual", tmp_path / "out")
 
-    def first_call_fails(points, tol=1e-7, max_iter=200_000):
-        asked.append(tol)
-        if len(asked) == 1:
-            raise RuntimeError("did not reach tol")
-        return exact(points, tol=tol, max_iter=max_iter)
 
-    monkeypatch.setattr(shape, "minimum_volume_ellipsoid", first_call_fails)
+def test_khachiyan_stopped_early_still_encloses_every_point_and_reports_its_gap():
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(200, 3)) * [3.0, 1.0, 0.5]
+    early = minimum_volume_ellipsoid(points, tol=1e-12, max_iter=5)
+    assert early.iterations == 5 and not early.converged(1e-3)
+    # The gap reported is the returned ellipsoid's own: one more iteration starts from it.
+    assert minimum_volume_ellipsoid(points, tol=early.gap * (1 + 1e-9), max_iter=6).iterations == 5
+    offsets = points - early.centre
+    assert np.einsum("ni,ij,nj->n", offsets, early.a, offsets).max() == pytest.approx(1.0)
+    exact = minimum_volume_ellipsoid(points, tol=1e-9)
+    assert exact.converged(1e-9)
+    # Never smaller than the minimum; looser by roughly the gap.
+    assert ellipsoid_volume(exact.a) <= ellipsoid_volume(early.a) <= ellipsoid_volume(exact.a) * (1 + 3 * early.gap)
+
+
+def test_bevr_accepts_a_fit_stopped_within_the_allowed_gap_and_refuses_a_looser_one(monkeypatch):
+    from tfseg.radiogenomics import shape
+
     box = np.zeros((4, 6, 6), bool)
     box[1:3, 1:4, 2:5] = True
-    assert shape.bevr(box) == pytest.approx(2 / (math.pi * math.sqrt(3)), rel=1e-4)
-    assert asked == [1e-7, shape.FALLBACK_TOL]
+    exact = shape.minimum_volume_ellipsoid
+    for gap, accepted in ((shape.MAX_BEVR_GAP / 2, True), (shape.MAX_BEVR_GAP * 10, False)):
+        stopped = lambda points, tol, gap=gap: exact(points, tol=tol)._replace(gap=gap)  # noqa: E731
+        monkeypatch.setattr(shape, "minimum_volume_ellipsoid", stopped)
+        if accepted:
+            assert shape.bevr(box) == pytest.approx(2 / (math.pi * math.sqrt(3)), rel=1e-4)
+        else:
+            with pytest.raises(ValueError, match="MAX_BEVR_GAP"):
+                shape.bevr(box)

@@ -542,8 +542,3 @@ def test_a_radiogenomics_folder_missing_a_file_or_a_column_is_an_error_naming_it
     assert report.main([str(run), "-o", str(output), "--radiogenomics", str(folder)]) == 2
     assert f"{folder / 'features.csv'}: no column mf" in capsys.readouterr().err and not output.exists()
 
-
-def test_the_papers_radiogenomics_findings_are_the_studys():
-    from tfseg.radiogenomics.study import PAPER_FINDINGS
-
-    assert sorted(report_studies.PAPER_RADIOGENOMICS, key=str) == sorted(PAPER_FINDINGS, key=str)

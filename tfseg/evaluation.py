@@ -42,7 +42,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -59,6 +58,7 @@ from tfseg.data.kaggle import DataError, PatientFiles, PatientVolume, read_patie
 from tfseg.data.preprocess import invert_volume, preprocess_volume
 from tfseg.data.records import MANIFEST
 from tfseg.fileio import atomic_path, sha256_file, sha256_files, write_json_atomic
+from tfseg.markdown import fixed
 from tfseg.runs import owning_run, read_config_file
 from tfseg.data.split import split_patients
 from tfseg.ensemble import Ensemble, EnsembleError
@@ -545,7 +545,7 @@ def summarize_metrics(metrics: dict[str, VolumeMetrics]) -> dict:
 
     NaN scores (undefined) are left out and counted (``n_defined_<key>``; the DSC is always defined).
     """
-    patients = list(metrics["pre"].values())
+    patients = list(metrics["pre"].cases())
     summary = {"n_patients": len(patients), "patients": patients}
     for geometry in GEOMETRIES:
         suffix = "" if geometry == "pre" else "_native"
@@ -692,7 +692,7 @@ def summary_lines(summary: dict) -> list[str]:
     """The lines evaluate.py prints: the headline figures, and the uncertainty ranking when there is one."""
     lines = [f"{summary['n_patients']} patients: mean DSC {summary['mean_dsc']:.4f} (median {summary['median_dsc']:.4f}); "
              f"native geometry {summary['mean_dsc_native']:.4f} (median {summary['median_dsc_native']:.4f}); "
-             f"mean HD95 (native) {_fmt(summary['mean_hd95_native'])} px"]
+             f"mean HD95 (native) {fixed(summary['mean_hd95_native'], 2)} px"]
     if "uncertainty" in summary:
         ranking = summary["uncertainty"]
         rho = ranking["spearman_rho_with_dsc"]
@@ -700,7 +700,3 @@ def summary_lines(summary: dict) -> list[str]:
                      (f"{rho:.3f} (p = {ranking['p_value']:.3g})" if rho is not None else f"undefined ({ranking['why']})")
                      + f"; check first: {', '.join(ranking['check_first'][:3])}")
     return lines
-
-
-def _fmt(value) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"

@@ -84,10 +84,12 @@ class DiceCoefficient(keras.metrics.Metric):
 def volume_dsc(pred, true):
     """DSC = 2|P∩T| / (|P| + |T|) of two boolean volumes of the same shape; 1.0 when both are empty."""
     pred, true = _check_pair(pred, true)
-    denominator = int(pred.sum()) + int(true.sum())
-    if denominator == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(pred, true).sum()) / denominator
+    return _dsc(int(np.logical_and(pred, true).sum()), int(pred.sum()), int(true.sum()))
+
+
+def _dsc(n_both: int, n_pred: int, n_true: int) -> float:
+    """2|P∩T| / (|P| + |T|) from voxel counts; 1.0 when both volumes are empty (nothing to find, nothing found)."""
+    return 2.0 * n_both / (n_pred + n_true) if n_pred + n_true else 1.0
 
 
 SCORE_KEYS = ("dsc", "hd95", "sensitivity", "precision", "pred_voxels", "true_voxels")
@@ -124,7 +126,7 @@ def volume_scores(pred, true, voxelspacing=None, surface_distance=True):
     else:
         hd = math.nan
     scores = {
-        "dsc": 2.0 * n_both / (n_pred + n_true) if n_pred + n_true else 1.0,  # = volume_dsc(pred, true)
+        "dsc": _dsc(n_both, n_pred, n_true),
         "hd95": hd,
         "sensitivity": n_both / n_true if n_true else math.nan,
         "precision": n_both / n_pred if n_pred else math.nan,
@@ -159,7 +161,7 @@ class VolumeMetrics:
         A case may be scored once: a second `update` of the same name is a ValueError
         (it would silently replace the first and change the mean).
         """
-        case = str(case)
+        case = case.decode("utf-8") if isinstance(case, bytes) else str(case)  # as group_by_patient
         if case in self._cases:
             raise ValueError(f"VolumeMetrics.update(): case {case!r} was already scored; call reset() first "
                              f"to score a new set of cases")
@@ -253,13 +255,6 @@ def score_slices(probabilities, masks, patient_ids, threshold=THRESHOLD, largest
         metric.update(pid, postprocess_volume(probabilities[indices], threshold, largest_component),
                       masks[indices] > 0.5)
     return metric
-
-
-def summarize(dsc_by_patient):
-    """Mean (the headline), median and count of per-patient DSCs: {id: DSC} -> {"mean", "median", "n"}."""
-    if not dsc_by_patient:
-        raise ValueError("summarize() needs the DSC of at least one patient, got an empty dict")
-    return describe(list(dsc_by_patient.values()))
 
 
 def _slices(array, what):

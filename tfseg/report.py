@@ -27,7 +27,7 @@ Two optional sections, before the reproducing commands (issue 10; built by tfseg
 * ``--cv DIR`` (repeatable): a cross-validation folder written by ``python -m tfseg.cv``
   (``summary.json``, ``per_patient.csv``, ``dsc.png``). One row per folder (folds,
   patients, mean/median DSC in both geometries, the model's settings), each folder's
-  per-fold figures, its 5 worst patients and its uncertainty ranking when scored, and
+  per-fold table, its 5 worst patients and its uncertainty ranking when scored, and
   the comparison with the paper (Buda et al. 2019: 22-fold CV, mean 82% / median 85%;
   two human readers agree at about 84%) and with the goal, mean DSC >= 0.88.
 * ``--radiogenomics DIR`` (repeatable; the manual masks first): folders written by
@@ -47,7 +47,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tfseg.fileio import atomic_path
-from tfseg.markdown import DASH, fixed as _fixed, text as _text
+from tfseg.markdown import DASH, fixed as _fixed, table as _table, text as _text
 from tfseg.report_studies import (CV_GOAL_MEAN_DSC, CVFolder, RadiogenomicsFolder, cv_section, folder_figures,
                                   load_cv, load_folders, load_radiogenomics, radiogenomics_section)
 from tfseg.runs import EVAL_DIR, RunFolderError, RunRecord, as_number, load_run
@@ -219,10 +219,8 @@ SETTING_COLUMNS = (
 def markdown_table(columns, runs: list[RunRecord]) -> list[str]:
     """Lines of a Markdown table: '#', 'Run', then one cell per (header, cell function) of ``columns``."""
     headers = ["#", "Run"] + [header for header, _ in columns]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for rank, run in enumerate(runs, 1):
-        lines.append("| " + " | ".join([str(rank), f"`{run.name}`"] + [cell(run) for _, cell in columns]) + " |")
-    return lines
+    return _table(headers, [[str(rank), f"`{run.name}`"] + [cell(run) for _, cell in columns]
+                            for rank, run in enumerate(runs, 1)])
 
 
 # ----------------------------------------------------------------------------
@@ -462,14 +460,13 @@ def _seed_section(runs: list[RunRecord], baseline: RunRecord | None) -> list[str
     lines = ["## Seed groups", ""]
     if not groups:
         return lines + ["No two runs share every setting but the seed.", ""]
-    lines += ["| Runs | Seeds | Mean DSC per seed | Mean ± sd | Mean ± sd (native) |", "|---|---|---|---|---|"]
+    rows = []
     for group in groups:
         d = describe_group(group)
         native = f"{d['mean_native']:.4f} ± {d['sd_native']:.4f}" if "mean_native" in d else DASH
-        lines.append(f"| {', '.join(f'`{n}`' for n in d['runs'])} | {', '.join(map(str, d['seeds']))} | "
-                     f"{', '.join(f'{v:.4f}' for v in d['mean_dsc_by_seed'])} | {d['mean']:.4f} ± {d['sd']:.4f} | "
-                     f"{native} |")
-    lines.append("")
+        rows.append([", ".join(f"`{n}`" for n in d["runs"]), ", ".join(map(str, d["seeds"])),
+                     ", ".join(f"{v:.4f}" for v in d["mean_dsc_by_seed"]), f"{d['mean']:.4f} ± {d['sd']:.4f}", native])
+    lines += _table(["Runs", "Seeds", "Mean DSC per seed", "Mean ± sd", "Mean ± sd (native)"], rows) + [""]
     base_group = next((g for g in groups if baseline is not None and baseline in g.runs), None)
     best = groups[0]
     if base_group is None or base_group is best:

@@ -4,7 +4,7 @@
 optional sections it adds from other commands' output folders:
 
 * ``--cv DIR``: a folder of ``python -m tfseg.cv`` (``summary.json``, ``per_patient.csv``,
-  ``dsc.png``): one row per folder, its per-fold figures, its worst patients, its
+  ``dsc.png``): one row per folder, its per-fold table, its worst patients, its
   uncertainty ranking when scored, and the comparison with the paper and the goal.
 * ``--radiogenomics DIR``: a folder of ``python -m tfseg.radiogenomics``
   (``summary.json``, ``tests.csv``, ``features.csv``, ``figure.png``): the primary
@@ -27,7 +27,9 @@ from pathlib import Path
 
 from tfseg.fileio import atomic_path
 from tfseg.markdown import DASH, fixed as _fixed, table as _table, text as _text
+from tfseg.radiogenomics.study import PAPER_FINDINGS  # the paper's p-values, (feature, column, bound)
 from tfseg.runs import METRICS, PER_PATIENT, SUMMARY, RunFolderError, as_number, read_per_patient_csv
+from tfseg.uncertainty import spearman_with_dsc
 
 
 class StudyFolderError(RunFolderError):
@@ -44,16 +46,6 @@ CV_WORST = 5  # patients listed per cross-validation folder, worst DSC first
 CV_MODEL_KEYS = (("Architecture", "arch"), ("Base filters", "base_filters"), ("Loss", "loss"), ("LR", "lr"),
                  ("Schedule", "schedule"))
 
-# Radiogenomics: the p-values that Buda, Saha & Mazurowski 2019, "Association of genomic subtypes of lower-grade
-# gliomas with shape features automatically extracted by a deep learning algorithm", Comput Biol Med
-# 109:218-225, report on their automatic masks, as (feature, genomic column or None for every column tested,
-# "p < bound"). The same findings as tfseg.radiogenomics.study.PAPER_FINDINGS (a test keeps them equal).
-PAPER_RADIOGENOMICS = (
-    ("bevr", "RNASeqCluster", 0.0002),
-    ("mf", "RNASeqCluster", 0.005),
-    ("bevr", None, 0.02),
-    ("asd", "RNASeqCluster", 0.02),
-)
 RADIOGENOMICS_METHOD = "METHOD.md"  # the method write-up, looked for in and beside each radiogenomics folder
 SIGNIFICANT_MARK = "✱"
 
@@ -336,7 +328,7 @@ def _cv_uncertainty_lines(folder: CVFolder) -> list[str]:
 
 def paper_bound(feature: str, cluster: str) -> float | None:
     """The paper's 'p < bound' for a test (the smallest when two findings cover it), None where it gives none."""
-    bounds = [bound for f, c, bound in PAPER_RADIOGENOMICS if f == feature and c in (None, cluster)]
+    bounds = [bound for f, c, bound in PAPER_FINDINGS if f == feature and c in (None, cluster)]
     return min(bounds) if bounds else None
 
 
@@ -399,12 +391,7 @@ def _rg_folder_sentence(folder: RadiogenomicsFolder) -> str:
 
 def _spearman(a: list[float], b: list[float]) -> float | None:
     """Spearman's rho over the pairs where both are defined; None with under 3 pairs or a constant side."""
-    from scipy.stats import spearmanr
-
-    pairs = [(x, y) for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))]
-    if len(pairs) < 3 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
-        return None
-    return float(spearmanr(*zip(*pairs)).statistic)
+    return spearman_with_dsc(a, b)["spearman_rho_with_dsc"]  # the same rule as the uncertainty ranking's
 
 
 def feature_correlations(first: RadiogenomicsFolder, other: RadiogenomicsFolder) -> tuple[int, dict]:

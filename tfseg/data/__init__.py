@@ -4,7 +4,8 @@ Submodules: ``kaggle`` (read and check the Kaggle layout), ``preprocess``
 (PROTOCOL.md's preprocessing and its inverse, in TensorFlow), ``protocol`` (its
 parameters and the Geometry record), ``split`` (patient-level
 splits), ``records`` / ``pack`` (TFRecord shards + manifest), ``pipeline``
-(tf.data), ``augment`` (in-train-step augmentation), ``phantom`` (synthetic data).
+(tf.data), ``phantom`` (synthetic data). The in-train-step augmentation is
+``tfseg.training.augment``.
 """
 from tfseg.data.kaggle import DataError, PatientVolume, read_kaggle_folder, read_patient, scan_folder
 from tfseg.data.protocol import Geometry

@@ -146,11 +146,15 @@ def read_kaggle_folder(root: str | os.PathLike, patients: list[str] | None = Non
 
 
 def select_patients(scanned: list[PatientFiles], names: list[str] | None) -> list[PatientFiles]:
-    """Keep the named patients (all when ``names`` is None); unknown names are an error."""
+    """Keep the named patients (all when ``names`` is None); unknown or repeated names are an error."""
     if names is None:
         return scanned
     by_name = {p.patient: p for p in scanned}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise DataError(f"unknown patients {unknown[:5]}; known patients start with {sorted(by_name)[:3]}.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        # Scoring a patient twice would weigh it double in the mean: name each patient once.
+        raise DataError(f"patients named more than once: {repeated[:5]}; name each patient once.")
     return [by_name[n] for n in names]

@@ -1,7 +1,8 @@
 """Segmentation networks for 2-D FLAIR slices: `build_model("unet", input_shape=(128, 128, 3), base_filters=32)`.
 
-Every model is a Keras functional model built from `keras.layers` only (runs under any Keras backend,
-saves to `.keras` without custom objects): (B, H, W, 3) float32 -> (B, H, W, 1) float32 probabilities,
+Every model is a Keras functional model built from `keras.layers` and tfseg's `FusedBatchNormalization`
+(a registered subclass of Keras's BatchNormalization, plain BatchNormalization under other backends; importing
+`tfseg.models` registers it for `keras.models.load_model`): (B, H, W, 3) float32 -> (B, H, W, 1) float32 probabilities,
 or [out, aux1, aux2] with deep supervision (auxiliary heads on the decoder levels at 1/2 and 1/4
 resolution, upsampled to full size; Lee et al., "Deeply-Supervised Nets", AISTATS 2015).
 

@@ -24,6 +24,9 @@ backend (the layer then is plain BatchNormalization, e.g. under JAX), inference,
 frozen layer, inputs that are not 4-D channels-last, masks, renorm, or synchronized
 batch statistics.
 """
+import contextlib
+import contextvars
+
 import keras
 from keras import layers
 
@@ -59,3 +62,26 @@ class FusedBatchNormalization(layers.BatchNormalization):
                 and not getattr(self, "synchronized", False)
                 and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "bfloat16", "float16")
                 and inputs.shape[-1] is not None)
+
+
+# What `build_model(..., batch_norm=...)` accepts. "keras" exists so that benchmarks (and anyone
+# doubting the fused kernel) can build the same network with Keras's own layer.
+BATCH_NORM_LAYERS = {"fused": FusedBatchNormalization, "keras": layers.BatchNormalization}
+_BATCH_NORM_LAYER = contextvars.ContextVar("tfseg_batch_norm_layer", default=FusedBatchNormalization)
+
+
+@contextlib.contextmanager
+def batch_norm_layers(kind: str):
+    """Within the block, the models' BatchNorm layers are of class ``BATCH_NORM_LAYERS[kind]``."""
+    if kind not in BATCH_NORM_LAYERS:
+        raise ValueError(f"batch_norm must be one of {', '.join(BATCH_NORM_LAYERS)}, got {kind!r}")
+    token = _BATCH_NORM_LAYER.set(BATCH_NORM_LAYERS[kind])
+    try:
+        yield
+    finally:
+        _BATCH_NORM_LAYER.reset(token)
+
+
+def batch_norm_layer(**kwargs) -> layers.BatchNormalization:
+    """A new BatchNorm layer of the class chosen by the enclosing `batch_norm_layers` (fused by default)."""
+    return _BATCH_NORM_LAYER.get()(**kwargs)

@@ -7,6 +7,8 @@ from typing import Callable
 
 import keras
 
+from tfseg.models.normalization import batch_norm_layers
+
 Builder = Callable[..., keras.Model]
 
 ARCHITECTURES: dict[str, Builder] = {}
@@ -30,7 +32,7 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def build_model(arch: str, input_shape=(128, 128, 3), base_filters: int = 32,
-                deep_supervision: bool = False, **kwargs) -> keras.Model:
+                deep_supervision: bool = False, batch_norm: str = "fused", **kwargs) -> keras.Model:
     """Build a registered segmentation network.
 
     Args:
@@ -39,6 +41,8 @@ def build_model(arch: str, input_shape=(128, 128, 3), base_filters: int = 32,
         base_filters: channels of the first encoder level; level k has base_filters * 2**(k-1),
             the bottleneck 16 * base_filters.
         deep_supervision: if True the model has three outputs [out, aux1, aux2].
+        batch_norm: "fused" (tfseg.models.normalization.FusedBatchNormalization, the default) or "keras"
+            (keras.layers.BatchNormalization): the same arithmetic, the fused one trains faster on CPU.
         **kwargs: passed on to the architecture's builder (e.g. `name`).
 
     Returns:
@@ -56,5 +60,6 @@ def build_model(arch: str, input_shape=(128, 128, 3), base_filters: int = 32,
                              f"(the encoder halves them 4 times); resize or pad the images")
     if not isinstance(base_filters, int) or base_filters < 1:
         raise ValueError(f"base_filters must be a positive int, got {base_filters!r}")
-    return ARCHITECTURES[arch](input_shape=input_shape, base_filters=base_filters,
-                               deep_supervision=deep_supervision, **kwargs)
+    with batch_norm_layers(batch_norm):
+        return ARCHITECTURES[arch](input_shape=input_shape, base_filters=base_filters,
+                                   deep_supervision=deep_supervision, **kwargs)

@@ -43,7 +43,10 @@ def feature_table(data, masks, settings: ShapeSettings = ShapeSettings(), log=pr
 
     rows = []
     for item in iter_masks(data, masks):
-        features = shape_features(item.mask, settings)
+        try:
+            features = shape_features(item.mask, settings)
+        except ValueError as err:  # e.g. an ellipsoid fit bevr() does not trust: name the mask
+            raise DataError(f"{item.patient} ({item.source}): {err}") from err
         rows.append({"patient": item.patient, **features, "mask_source": item.source})
         log(f"{item.patient}: " + ("empty mask" if not features["voxels"] else
                                    f"bevr={features['bevr']:.4f} asd={features['asd']:.3f} mf={features['mf']:.4f}"))
