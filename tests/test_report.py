@@ -316,6 +316,17 @@ def test_seed_groups_give_mean_and_sd_and_a_paired_comparison_with_the_baseline_
     assert "+0.0500, exceeds the seeds' spread" in text and "0.0200" in text
 
 
+def test_a_group_with_fewer_seeds_than_the_baselines_is_listed_but_not_the_one_compared(tmp_path):
+    best = _seed_runs(tmp_path, "b16-onecycle", 1e-3, {42: 0.05, 43: 0.04, 44: 0.06})
+    base = _seed_runs(tmp_path, "b16-reference-settings", 1e-4, {42: 0.0, 43: -0.01, 44: 0.01})
+    pair = _seed_runs(tmp_path, "b16-pair", 3e-3, {42: 0.09, 43: 0.08})
+    output = tmp_path / "R.md"
+    report.build_report(best + base + pair, output)
+    text = output.read_text()
+    assert table(text, "## Seed groups")[0]["Runs"].startswith("`b16-pair`")  # the best mean, listed first
+    assert "Best group with at least the baseline's 3 seeds (b16-onecycle" in text
+
+
 def test_a_difference_within_the_seeds_spread_is_reported_as_such(tmp_path):
     best = _seed_runs(tmp_path, "b16-onecycle", 1e-3, {42: 0.08, 43: -0.05, 44: 0.03})
     base = _seed_runs(tmp_path, "b16-reference-settings", 1e-4, {42: 0.0, 43: -0.01, 44: 0.01})
