@@ -58,23 +58,29 @@ def packed_folder(data: str | None, size: int) -> str:
     return os.path.join(root, "tfr")
 
 
-def measure_tfseg(arch: str, policy: str, xla: bool, batch_norm: str, table, size: int, batch: int,
-                  steps: int) -> float:
-    """images/s of tfseg's full training step (the same one train.py compiles).
+def training_step(arch: str, policy: str, xla: bool, batch_norm: str, table, size: int, batch: int):
+    """tfseg's compiled training step (the one train.py runs), built and traced; call it to run one step.
 
-    batch_norm: "fused" (tfseg's default) or "keras" (keras.layers.BatchNormalization).
+    batch_norm: "fused" (tfseg's default) or "keras" (keras.layers.BatchNormalization). Sets the global
+    mixed-precision policy to ``policy``: the caller puts it back (see measure_tfseg).
     """
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
+    trainer = AugmentedTrainer(build_model(arch, (size, size, 3), 32, batch_norm=batch_norm), Augment(seed=0))
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("dice"), metrics=[DiceCoefficient()],
+                    jit_compile=xla)
+    ds, _ = training_dataset(table, batch, seed=0)
+    iterator = iter(ds.repeat())
+    trainer.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # build + trace outside any timing
+    step = trainer.make_train_function()
+    return lambda: step(iterator)
+
+
+def measure_tfseg(arch: str, policy: str, xla: bool, batch_norm: str, table, size: int, batch: int,
+                  steps: int) -> float:
+    """images/s of tfseg's full training step (the same one train.py compiles)."""
     try:
-        trainer = AugmentedTrainer(build_model(arch, (size, size, 3), 32, batch_norm=batch_norm), Augment(seed=0))
-        trainer.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("dice"), metrics=[DiceCoefficient()],
-                        jit_compile=xla)
-        ds, _ = training_dataset(table, batch, seed=0)
-        iterator = iter(ds.repeat())
-        trainer.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # build + trace outside the timing
-        step = trainer.make_train_function()
-        return images_per_second(lambda: step(iterator), batch, steps)
+        return images_per_second(training_step(arch, policy, xla, batch_norm, table, size, batch), batch, steps)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
