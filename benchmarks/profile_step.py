@@ -1,6 +1,6 @@
 """Where tfseg's training step spends its time on this CPU (issue 9): tf.profiler, summed per op.
 
-    python benchmarks/profile_step.py [--data tfrecords/128px] [--precision float32] [--steps 5] [--onednn]
+    python benchmarks/profile_step.py [--data tfrecords/128px] [--precision auto] [--steps 5] [--onednn]
 
 Builds the step that train_throughput.py times (sampling, augmentation, U-Net base 32,
 Dice, Adam, the DSC metric), traces ``--steps`` steps with ``tf.profiler`` and sums the
@@ -34,7 +34,7 @@ import keras  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 from benchmarks.train_throughput import VECTOR_FLAGS, packed_folder, training_step  # noqa: E402
 from tfseg.data.pipeline import load_slices  # noqa: E402
-from tfseg.training.runtime import cpu_flags  # noqa: E402
+from tfseg.training.runtime import choose_precision, cpu_flags  # noqa: E402
 
 BUILD_STEPS = 2  # training_step runs two steps in fit() to build and trace the function
 WARMUP_STEPS = 2
@@ -103,7 +103,7 @@ def parse_onednn_verbose(text: str) -> dict[str, dict]:
 
 def run_steps(args, table):
     """tfseg's training step, built and warmed up: call it to run one more step."""
-    step = training_step("unet", args.precision, False, args.batch_norm, table, 128, args.batch_size)
+    step = training_step("unet", choose_precision(args.precision)[0], False, args.batch_norm, table, 128, args.batch_size)
     for _ in range(WARMUP_STEPS):
         step()
     return step
@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="packed 128 px folder (default: a small synthetic phantom)")
-    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                        help="auto: what train.py picks on this machine (default); float32 with ONEDNN_MAX_CPU_ISA=AVX2")
     parser.add_argument("--batch-norm", default="fused", choices=["fused", "keras"])
     parser.add_argument("--steps", type=int, default=5, help="steps traced (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
             print(f"  {value['ms_per_step']:9.1f} ms  {value['calls_per_step']:5.1f} calls  {key}")
     write_result(args.output, {
         "image_size": 128, "base_filters": 32, "batch_size": args.batch_size, "steps": args.steps,
-        "precision": args.precision, "batch_norm": args.batch_norm, "data": args.data or "synthetic phantom",
+        "precision": choose_precision(args.precision)[0], "batch_norm": args.batch_norm, "data": args.data or "synthetic phantom",
         "cpu_flags": sorted(cpu_flags() & VECTOR_FLAGS), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "images_per_second_while_tracing": images_per_second,
         "wall_ms_per_step": 1000 * args.batch_size / images_per_second,

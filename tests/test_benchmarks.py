@@ -53,3 +53,11 @@ def test_op_seconds_reads_a_real_trace(tmp_path):
     assert conv_types, f"no convolution among the traced op types {sorted(types)}"
     assert all(value > 0 for value in types.values())
     assert sum(types.values()) == pytest.approx(sum(seconds.values()))
+
+
+def test_conv_kernels_times_each_pass_of_tensorflow():
+    from benchmarks.conv_kernels import PASSES, tensorflow_passes
+
+    times = tensorflow_passes(channels=8, size=16, batch=2, repeats=1)
+    assert set(times) == set(PASSES)
+    assert all(value > 0 for value in times.values())
