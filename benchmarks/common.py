@@ -9,6 +9,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def add_output_argument(parser, default: str) -> None:
+    """``--output NAME``: the result file under benchmarks/results/ (every benchmark has one)."""
+    parser.add_argument("--output", default=default, help="file name under benchmarks/results/ (default: %(default)s)")
+
+
 def images_per_second(step, batch_size: int, steps: int, warmup: int = 2) -> float:
     """Call ``step()`` ``warmup`` times untimed, then ``steps`` times timed; images/s."""
     for _ in range(warmup):

@@ -24,6 +24,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# benchmarks.common imports only the standard library at the top: the torch child (no TensorFlow) loads it too.
+from benchmarks.common import add_output_argument, write_result  # noqa: E402
+
 PASSES = ("forward", "input_gradient", "weight_gradient")
 # (channels, size) of the base-32 U-Net's 3x3 convolutions with as many inputs as outputs, level by level.
 LEVELS = ((32, 128), (64, 64), (128, 32), (256, 16), (512, 8))
@@ -95,8 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per pass (median; default %(default)s)")
     parser.add_argument("--reference-python", help="python with torch (default: $TFSEG_REFERENCE_PYTHON)")
-    parser.add_argument("--output", default="conv_kernels.json",
-                        help="file name under benchmarks/results/ (default: %(default)s)")
+    add_output_argument(parser, "conv_kernels.json")
     parser.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -104,7 +106,6 @@ def main(argv=None) -> int:
     if args.torch_child:
         torch_child(args.batch_size, args.repeats)
         return 0
-    from benchmarks.common import write_result
     from benchmarks.train_throughput import VECTOR_FLAGS, find_reference_python
     from tfseg.training.runtime import cpu_flags
 

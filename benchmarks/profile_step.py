@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import add_output_argument, write_result  # noqa: E402
 from benchmarks.train_throughput import VECTOR_FLAGS, packed_folder, training_step  # noqa: E402
 from tfseg.data.pipeline import load_slices  # noqa: E402
 from tfseg.training.runtime import choose_precision, cpu_flags  # noqa: E402
@@ -162,8 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=25, help="ops listed (default: %(default)s)")
     parser.add_argument("--onednn", action="store_true",
                         help="also sum oneDNN's per-kernel timings (a second run under ONEDNN_VERBOSE=1)")
-    parser.add_argument("--output", default="profile_step.json",
-                        help="file name under benchmarks/results/ (default: %(default)s)")
+    add_output_argument(parser, "profile_step.json")
     parser.add_argument("--onednn-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1:

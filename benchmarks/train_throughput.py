@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
-from benchmarks.common import images_per_second, median, write_result  # noqa: E402
+from benchmarks.common import add_output_argument, images_per_second, median, write_result  # noqa: E402
 from tfseg.data.pipeline import load_slices, training_dataset  # noqa: E402
 from tfseg.losses import get_loss  # noqa: E402
 from tfseg.metrics import DiceCoefficient  # noqa: E402
@@ -128,8 +128,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--archs", nargs="+", default=["unet"], choices=sorted(ARCHITECTURES))
     parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile variants")
-    parser.add_argument("--output", default="train_throughput.json",
-                        help="file name under benchmarks/results/ (default: %(default)s)")
+    add_output_argument(parser, "train_throughput.json")
     parser.add_argument("--float32-only", action="store_true",
                         help="skip the mixed-precision variants (e.g. with ONEDNN_MAX_CPU_ISA=AVX2, which makes oneDNN "
                         "in both TensorFlow and PyTorch use AVX2 only: an estimate for AVX2-only CPUs)")
