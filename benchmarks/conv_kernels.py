@@ -1,6 +1,6 @@
 """The three passes of one 3x3 convolution, TensorFlow against PyTorch, at each U-Net level (issue 9).
 
-    python benchmarks/conv_kernels.py [--reference-python /path/to/venv-with-torch/bin/python]
+    python benchmarks/conv_kernels.py [--rounds 3] [--reference-python /path/to/venv-with-torch/bin/python]
 
 A U-Net training step is almost all convolution: forward, input gradient, weight gradient
 (benchmarks/profile_step.py shows the split). This times each pass alone, batch 16, float32,
@@ -9,7 +9,10 @@ TensorFlow as tfseg runs it (NHWC, oneDNN through TensorFlow's thread pool) and,
 Python that has torch, in PyTorch both in its default NCHW layout (the reference program)
 and channels_last (the NHWC kernels TensorFlow gets). Kernel against kernel, this says
 whether a difference between the two training steps on a CPU comes from the convolutions
-and which pass. Writes benchmarks/results/conv_kernels.json (or ``--output NAME``).
+and which pass. TensorFlow and PyTorch take turns in each of ``--rounds`` rounds, and every
+figure is the median over rounds of each round's median call (single timings on shared
+machines swing by 30-50%). Writes benchmarks/results/conv_kernels.json (or ``--output NAME``)
+with every round's figures.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ LEVELS = ((32, 128), (64, 64), (128, 32), (256, 16), (512, 8))
 
 
 def median_ms(run, repeats: int) -> float:
-    run(), run()  # warm-up: primitive creation and caches
+    for _ in range(2):  # warm-up: primitive creation and caches
+        run()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -58,8 +62,8 @@ def tensorflow_passes(channels: int, size: int, batch: int, repeats: int) -> dic
         "weight_gradient": tf.function(lambda: tf.raw_ops.Conv2DBackpropFilter(
             input=x, filter_sizes=list(w.shape), out_backprop=dy, strides=strides, padding="SAME")),
     }
-    # Reducing to a scalar makes each call wait for its result without copying the tensor out.
-    return {name: median_ms(lambda op=op: float(tf.reduce_sum(op())), repeats) for name, op in ops.items()}
+    # TensorFlow runs eagerly and synchronously on a CPU: a call returns once its result is computed.
+    return {name: median_ms(op, repeats) for name, op in ops.items()}
 
 
 def torch_passes(channels: int, size: int, batch: int, repeats: int, channels_last: bool) -> dict[str, float]:
@@ -93,35 +97,47 @@ def torch_child(batch: int, repeats: int) -> None:
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "ms": result}))
 
 
+def torch_timings(python: str, batch: int, repeats: int) -> dict:
+    """One round of the PyTorch timings, run by the Python that has torch (this file's --torch-child)."""
+    command = [python, os.path.abspath(__file__), "--torch-child", "--batch-size", str(batch), "--repeats", str(repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"the PyTorch timings failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, TensorFlow and PyTorch interleaved (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per pass (median; default %(default)s)")
     parser.add_argument("--reference-python", help="python with torch (default: $TFSEG_REFERENCE_PYTHON)")
     add_output_argument(parser, "conv_kernels.json")
     parser.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats {args.repeats}: give at least 1")
+    for name in ("rounds", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: give at least 1")
     if args.torch_child:
         torch_child(args.batch_size, args.repeats)
         return 0
     from benchmarks.train_throughput import VECTOR_FLAGS, find_reference_python
     from tfseg.training.runtime import cpu_flags
 
-    ms = {f"tensorflow NHWC {c}x{s}": tensorflow_passes(c, s, args.batch_size, args.repeats) for c, s in LEVELS}
     reference_python = find_reference_python(args.reference_python)
-    torch_info = None
-    if reference_python:
-        command = [reference_python, os.path.abspath(__file__), "--torch-child",
-                   "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode:
-            raise SystemExit(f"the PyTorch timings failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
-        torch_info = json.loads(done.stdout.strip().splitlines()[-1])
-        ms.update({f"torch {key}": value for key, value in torch_info.pop("ms").items()})
-    else:
+    if reference_python is None:
         print("no torch here: only TensorFlow is timed (pass --reference-python)", flush=True)
+    rounds: list[dict[str, dict[str, float]]] = []
+    torch_info = None
+    for round_ in range(args.rounds):
+        ms = {f"tensorflow NHWC {c}x{s}": tensorflow_passes(c, s, args.batch_size, args.repeats) for c, s in LEVELS}
+        if reference_python:
+            torch_info = torch_timings(reference_python, args.batch_size, args.repeats)
+            ms.update({f"torch {key}": value for key, value in torch_info.pop("ms").items()})
+        rounds.append(ms)
+        print(f"round {round_ + 1} of {args.rounds} done", flush=True)
+    ms = {key: {p: statistics.median([r[key][p] for r in rounds]) for p in PASSES} for key in rounds[0]}
     print(f"{'ms per call, batch ' + str(args.batch_size):40s} " + " ".join(f"{p:>16s}" for p in PASSES))
     for key, passes in ms.items():
         print(f"{key:40s} " + " ".join(f"{passes[p]:16.1f}" for p in PASSES))
@@ -130,7 +146,8 @@ def main(argv=None) -> int:
     write_result(args.output, {
         "batch_size": args.batch_size, "repeats": args.repeats, "levels": [list(level) for level in LEVELS],
         "cpu_flags": sorted(cpu_flags() & VECTOR_FLAGS), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-        "ms": ms, "ms_all_levels_and_passes": {k: v for k, v in totals.items() if v}, "torch": torch_info,
+        "rounds": args.rounds, "ms_by_round": rounds, "ms": ms,
+        "ms_all_levels_and_passes": {k: v for k, v in totals.items() if v}, "torch": torch_info,
     })
     return 0
 

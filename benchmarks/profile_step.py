@@ -101,19 +101,19 @@ def parse_onednn_verbose(text: str) -> dict[str, dict]:
     return totals
 
 
-def run_steps(args, table):
+def warm_step(args, policy: str, table):
     """tfseg's training step, built and warmed up: call it to run one more step."""
-    step = training_step("unet", choose_precision(args.precision)[0], False, args.batch_norm, table, 128, args.batch_size)
+    step = training_step("unet", policy, False, args.batch_norm, table, 128, args.batch_size)
     for _ in range(WARMUP_STEPS):
         step()
     return step
 
 
-def profile(args, table) -> tuple[dict[str, float], float]:
+def profile(args, policy: str, table) -> tuple[dict[str, float], float]:
     """Per-op seconds per step and images/s while tracing ``args.steps`` steps."""
     import tensorflow as tf
 
-    step = run_steps(args, table)
+    step = warm_step(args, policy, table)
     logdir = tempfile.mkdtemp(prefix="tfseg-profile-")
     tf.profiler.experimental.start(logdir)
     started = time.perf_counter()
@@ -167,14 +167,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps {args.steps}: give at least 1")
-    table = load_slices(packed_folder(args.data, 128))
+    policy = choose_precision(args.precision)[0]
+    folder = packed_folder(args.data, 128)
+    table = load_slices(folder)
     if args.onednn_child:  # only run the steps: the parent reads oneDNN's verbose lines from stdout
-        step = run_steps(args, table)
+        step = warm_step(args, policy, table)
         for _ in range(args.steps):
             step()
         return 0
     try:
-        per_op, images_per_second = profile(args, table)
+        per_op, images_per_second = profile(args, policy, table)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     types = by_type(per_op)
@@ -187,17 +189,19 @@ def main(argv=None) -> int:
     print_table("op time per step, by op", dict(layers), args.top)
     kernels = None
     if args.onednn:
-        kernels = onednn_kernels([a for a in argv if a != "--onednn"], BUILD_STEPS + WARMUP_STEPS + args.steps)
+        # The child reads the same packed folder (the phantom is not made twice); a later --data wins in argparse.
+        child_argv = [a for a in argv if a != "--onednn"] + ["--data", folder]
+        kernels = onednn_kernels(child_argv, BUILD_STEPS + WARMUP_STEPS + args.steps)
         print("\noneDNN time per step, by primitive and implementation (ONEDNN_VERBOSE=1)")
         for key, value in kernels.items():
             print(f"  {value['ms_per_step']:9.1f} ms  {value['calls_per_step']:5.1f} calls  {key}")
     write_result(args.output, {
         "image_size": 128, "base_filters": 32, "batch_size": args.batch_size, "steps": args.steps,
-        "precision": choose_precision(args.precision)[0], "batch_norm": args.batch_norm, "data": args.data or "synthetic phantom",
+        "precision": policy, "batch_norm": args.batch_norm, "data": args.data or "synthetic phantom",
         "cpu_flags": sorted(cpu_flags() & VECTOR_FLAGS), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "images_per_second_while_tracing": images_per_second,
         "wall_ms_per_step": 1000 * args.batch_size / images_per_second,
-        "op_ms_per_step_by_type": {k: 1000 * v for k, v in sorted(types.items(), key=lambda i: -i[1])},
+        "op_ms_per_step_by_type": {k: 1000 * v for k, v in types.items()},
         "op_ms_per_step_by_op": {k: 1000 * v for k, v in sorted(layers.items(), key=lambda i: -i[1])[:args.top]},
         "onednn_ms_per_step_by_kernel": kernels,
     })

@@ -327,6 +327,16 @@ def test_a_group_with_fewer_seeds_than_the_baselines_is_listed_but_not_the_one_c
     assert "Best group with at least the baseline's 3 seeds (b16-onecycle" in text
 
 
+def test_no_comparison_when_only_groups_with_fewer_seeds_beat_the_baseline(tmp_path):
+    base = _seed_runs(tmp_path, "b16-reference-settings", 1e-4, {42: 0.0, 43: -0.01, 44: 0.01})
+    pair = _seed_runs(tmp_path, "b16-pair", 3e-3, {42: 0.09, 43: 0.08})
+    output = tmp_path / "R.md"
+    report.build_report(base + pair, output)
+    text = output.read_text()
+    assert "No paired comparison: no group has as many seeds as the baseline's (3) and a better mean." in text
+    assert "Best group with at least" not in text
+
+
 def test_a_difference_within_the_seeds_spread_is_reported_as_such(tmp_path):
     best = _seed_runs(tmp_path, "b16-onecycle", 1e-3, {42: 0.08, 43: -0.05, 44: 0.03})
     base = _seed_runs(tmp_path, "b16-reference-settings", 1e-4, {42: 0.0, 43: -0.01, 44: 0.01})

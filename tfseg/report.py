@@ -471,7 +471,7 @@ def _seed_section(runs: list[RunRecord], baseline: RunRecord | None) -> list[str
     if base_group is None or base_group is groups[0]:
         return lines + ["No paired comparison: the baseline has no seed group of its own, or it is the best.", ""]
     # A group with fewer seeds than the baseline's is not compared: its mean and spread are not yet as settled.
-    best = next((g for g in groups if len(g.runs) >= len(base_group.runs)), None)
+    best = next(g for g in groups if len(g.runs) >= len(base_group.runs))  # the baseline's own group at the latest
     if best is base_group:
         return lines + [f"No paired comparison: no group has as many seeds as the baseline's ({len(base_group.runs)}) "
                         "and a better mean.", ""]
@@ -479,7 +479,8 @@ def _seed_section(runs: list[RunRecord], baseline: RunRecord | None) -> list[str
     p = DASH if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3f}"
     verdict = "exceeds" if c["beyond_spread"] else "does not exceed"
     return lines + [
-        f"Best group with at least the baseline's {len(base_group.runs)} seeds ({best.label}) against the baseline group ({base_group.label}), each patient's DSC averaged "
+        f"Best group with at least the baseline's {len(base_group.runs)} seeds ({best.label}) against the baseline "
+        f"group ({base_group.label}), each patient's DSC averaged "
         f"over the seeds: mean difference {c['mean_difference']:+.4f} (sd {c['sd_difference']:.4f}) over "
         f"{len(c['patients'])} patients, {c['improved']} improved and {c['worsened']} worsened; Wilcoxon "
         f"signed-rank p = {p}. The difference of the seed-means, {c['seed_mean_difference']:+.4f}, {verdict} "
