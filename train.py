@@ -1,24 +1,10 @@
-"""Train a segmentation network on kaggle_3m: `python train.py --arch attention_unet` (see --help)."""
-import os
+"""Train a segmentation network on kaggle_3m: `python train.py --arch attention_unet` (see --help).
+
+The same command as `tfseg train`; the work is done by the tfseg package (tfseg.cli.train).
+"""
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def main(argv=None) -> int:
-    from tfseg.data.kaggle import DataError
-    from tfseg.training.config import config_from_args
-    from tfseg.training.loop import TrainingError, train
-    from tfseg.training.runtime import ClusterError
-
-    config, resume, overrides = config_from_args(argv)
-    try:
-        train(config, resume=resume, overrides=overrides)
-    except (DataError, TrainingError, ClusterError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
+from tfseg.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

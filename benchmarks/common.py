@@ -1,7 +1,6 @@
 """Shared helpers of the benchmarks: timing, machine facts, JSON results."""
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path

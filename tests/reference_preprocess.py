@@ -1,4 +1,4 @@
-"""PROTOCOL.md's preprocessing and its inverse with numpy and scikit-image, as Buda et al.'s ``utils.py`` does it.
+"""docs/protocol.md's preprocessing and its inverse with numpy and scikit-image, as Buda et al.'s ``utils.py`` does it.
 
 Not part of tfseg: this is the reference that tfseg.data.preprocess (TensorFlow, the one
 implementation) is checked against in tests/test_preprocess.py. It differs from the reference

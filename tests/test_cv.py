@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tfseg import cv
+from tfseg.cli import cv as cv_cli
 from tfseg.data.kaggle import scan_folder
 
 TINY = ["--image-size", "64", "--base-filters", "4", "--batch-size", "4", "--epochs", "1", "--precision", "float32",
@@ -13,7 +13,7 @@ TINY = ["--image-size", "64", "--base-filters", "4", "--batch-size", "4", "--epo
 
 
 def _run(data, out, folds):
-    assert cv.main(["--folds", str(folds), "--out", str(out), "--data", str(data), "--tfrecords",
+    assert cv_cli.main(["--folds", str(folds), "--out", str(out), "--data", str(data), "--tfrecords",
                     str(out.parent / "tfr"), *TINY]) == 0
 
 
@@ -61,5 +61,5 @@ def test_cv_on_real_patients_writes_native_masks_of_the_original_slice_count(rea
 
 def test_fold_flags_are_set_by_cv_and_rejected_on_its_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cv.main(["--out", str(tmp_path), "--fold", "1"])
+        cv_cli.main(["--out", str(tmp_path), "--fold", "1"])
     assert "set per fold by tfseg.cv" in capsys.readouterr().err

@@ -123,7 +123,7 @@ KILL_AFTER_EPOCH_1 = """
         write(self, epoch, logs)
         os.kill(os.getpid(), signal.SIGKILL)
     cb.ResumeState.on_epoch_end = write_then_die
-    import train
+    from tfseg.cli import train
     sys.exit(train.main(sys.argv[1:]))
 """
 

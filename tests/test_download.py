@@ -4,7 +4,6 @@ The download itself (kagglehub, network) cannot run here: `download_dataset` is 
 function, replaced in these tests.
 """
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -97,8 +96,7 @@ def test_a_verified_download_is_used_and_a_corrupt_one_is_not(subset, monkeypatc
 
 def test_explicit_data_never_downloads(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(download, "download_dataset", lambda: pytest.fail("--data given: must not download"))
-    sys.path.insert(0, str(ROOT))
-    import train
+    from tfseg.cli import train
 
     assert train.main(["--data", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -108,8 +106,7 @@ def test_train_without_data_downloads_when_there_is_no_local_folder(monkeypatch,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(download, "download_dataset",
                         lambda: (_ for _ in ()).throw(DataError("could not download (test)")))
-    sys.path.insert(0, str(ROOT))
-    import train
+    from tfseg.cli import train
 
     assert train.main(["--epochs", "1"]) == 2
     assert "could not download (test)" in capsys.readouterr().err

@@ -1,8 +1,7 @@
-"""Ensembles (tfseg.ensemble): evaluated and served as the mean of the members' probabilities."""
+"""Ensembles (tfseg.inference.ensemble): evaluated and served as the mean of the members' probabilities."""
 import dataclasses
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +9,14 @@ import pytest
 from test_evaluate import check_outputs
 from test_serving import flair_threshold_model, run_fresh
 
+from tfseg.cli import export as export_cli
 from tfseg import export
 from tfseg.data.context import centre_channels, stack_context
 from tfseg.data.kaggle import read_patient, scan_folder
 from tfseg.data.preprocess import preprocess_volume
 from tfseg.fileio import sha256_file
-from tfseg.ensemble import Ensemble, EnsembleError, average_models
-from tfseg.evaluation import (EvalOptions, LoadedModel, evaluate, evaluate_model, evaluate_patient, load_ensemble,
-                              load_model, predict_volume)
+from tfseg.evaluation import EvalOptions, evaluate, evaluate_model, evaluate_patient
+from tfseg.inference import EnsembleError, average_models, load_model, predict_volume
 from tfseg.metrics import volume_dsc
 from tfseg.training.config import TrainConfig
 
@@ -105,7 +104,7 @@ def test_an_ensemble_of_two_scores_exactly_like_a_model_that_outputs_their_avera
     # Not vacuous: the mean predicts something, and something else than either member alone.
     volume = first_volume(phantom_dir, validation)
     masks = {name: evaluate_patient(volume, predict, SIZE, options).prediction for name, predict in
-             [("ensemble", load_ensemble([runs["a"], runs["b"]]).predict), ("a", models["a"].predict_on_batch),
+             [("ensemble", load_model([runs["a"], runs["b"]]).predict), ("a", models["a"].predict_on_batch),
               ("b", models["b"].predict_on_batch)]}
     assert masks["ensemble"].any()
     assert (masks["ensemble"] != masks["a"]).any() and (masks["ensemble"] != masks["b"]).any()
@@ -122,8 +121,8 @@ def test_on_a_real_patient_an_ensemble_scores_like_a_model_that_outputs_their_av
 
 
 def test_each_member_gets_its_own_context_stack_and_its_own_flip(runs, models, phantom_dir, tmp_path):
-    ensemble = load_ensemble([runs["a"], runs["c3"]])
-    assert isinstance(ensemble, Ensemble) and ensemble.context == 3
+    ensemble = load_model([runs["a"], runs["c3"]])
+    assert ensemble.kind == "ensemble" and ensemble.context == 3
     volume = first_volume(phantom_dir)
     image, _, _ = preprocess_volume(volume.image, volume.mask, SIZE)
     got = predict_volume(ensemble.predict, image, batch_size=5, tta=True, context=ensemble.context)
@@ -137,8 +136,8 @@ def test_each_member_gets_its_own_context_stack_and_its_own_flip(runs, models, p
 
 
 def test_an_ensemble_of_one_model_is_that_model(runs, models, phantom_dir, tmp_path):
-    one = load_ensemble([runs["a"]])
-    assert isinstance(one, LoadedModel) and one.describe() == load_model(runs["a"]).describe()
+    one = load_model([runs["a"]])
+    assert one.kind == "keras" and one.describe() == load_model(runs["a"]).describe()
     as_list = evaluate_model([runs["a"]], phantom_dir, tmp_path / "list", **QUIET)
     as_path = evaluate_model(runs["a"], phantom_dir, tmp_path / "path", **QUIET)
     assert (tmp_path / "list" / "per_patient.csv").read_bytes() == (tmp_path / "path" / "per_patient.csv").read_bytes()
@@ -152,13 +151,12 @@ def test_an_ensemble_of_one_model_is_that_model(runs, models, phantom_dir, tmp_p
 def test_members_of_different_image_sizes_are_an_error_naming_both(runs, phantom_dir, tmp_path, capsys):
     a, small = runs["a"], runs["small"]
     with pytest.raises(EnsembleError, match="same --image-size") as caught:
-        load_ensemble([a, small])
+        load_model([a, small])
     assert str(a) in str(caught.value) and str(small) in str(caught.value)
     with pytest.raises(EnsembleError, match=re.escape(f"{small / 'best.keras'} takes 32x32")):
         export.export_ensemble([a, small], tmp_path / "export")
     assert not (tmp_path / "export").exists()
-    sys.path.insert(0, str(ROOT))
-    import evaluate as evaluate_py
+    from tfseg.cli import evaluate as evaluate_py
 
     assert evaluate_py.main(["--model", str(a), str(small), "--data", str(phantom_dir),
                              "--out", str(tmp_path / "o")]) == 2
@@ -180,14 +178,13 @@ def test_an_ensemble_needs_an_output_folder(runs, tmp_path):
     with pytest.raises(EnsembleError, match="--out"):
         evaluate_model([runs["a"], runs["b"]], **QUIET)
     with pytest.raises(SystemExit) as caught:
-        export.main(["--ensemble", str(runs["a"]), str(runs["b"])])
+        export_cli.main(["--ensemble", str(runs["a"]), str(runs["b"])])
     assert caught.value.code == 2
 
 
 def test_evaluate_py_with_two_run_folders_lists_both_members_in_summary_json(runs, phantom_dir, validation,
                                                                              tmp_path):
-    sys.path.insert(0, str(ROOT))
-    import evaluate as evaluate_py
+    from tfseg.cli import evaluate as evaluate_py
 
     out = tmp_path / "eval"
     assert evaluate_py.main(["--model", str(runs["a"]), str(runs["b"]), "--data", str(phantom_dir),
@@ -210,14 +207,14 @@ def exported(runs, tmp_path_factory):
     """{name: (member run folders, SavedModel folder)}: "ab" through the command line, "a_c3" mixes contexts."""
     root = tmp_path_factory.mktemp("ensemble_export")
     cases = {"ab": [runs["a"], runs["b"]], "a_c3": [runs["a"], runs["c3"]]}
-    assert export.main(["--ensemble", *map(str, cases["ab"]), "--out", str(root / "ab")]) == 0
+    assert export_cli.main(["--ensemble", *map(str, cases["ab"]), "--out", str(root / "ab")]) == 0
     export.export_ensemble(cases["a_c3"], root / "a_c3")
     return {name: (paths, root / name) for name, paths in cases.items()}
 
 
 def test_the_exported_ensemble_serves_the_mean_probabilities_and_lists_its_members(exported):
     for paths, folder in exported.values():
-        ensemble = load_ensemble(paths)
+        ensemble = load_model(paths)
         served = load_model(folder)
         assert served.kind == "saved_model" and served.context == ensemble.context
         batch = np.random.default_rng(0).normal(size=(3, SIZE, SIZE, 3 * ensemble.context)).astype(np.float32)
@@ -243,7 +240,7 @@ def served_masks_match_ensemble_evaluation(exported, data, tmp_path, patients: i
     """)
     assert "tfseg" not in out and "skimage" not in out
     for name, (paths, _) in exported.items():
-        ensemble = load_ensemble(paths)
+        ensemble = load_model(paths)
         predicted = 0
         for i, volume in enumerate(volumes):
             served = np.load(tmp_path / f"{name}_mask{i}.npy")
@@ -269,7 +266,7 @@ def test_segment_volume_of_the_exported_ensemble_matches_evaluation_on_a_real_pa
 
 def test_exporting_one_run_still_writes_run_dir_export(models, phantom_dir, validation, tmp_path):
     run = make_run(tmp_path / "run", models["a"], phantom_dir, validation)
-    assert export.main([str(run)]) == 0  # python -m tfseg.export RUN_DIR
+    assert export_cli.main([str(run)]) == 0  # python -m tfseg.export RUN_DIR
     assert load_model(run / "export").kind == "saved_model" and not (run / "export" / "ensemble.json").exists()
 
 

@@ -2,7 +2,6 @@
 import csv
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import tifffile
 from tfseg.data.kaggle import DataError, PatientVolume, read_patient, scan_folder
 from tfseg.data.preprocess import preprocess_volume
 from tfseg.data.split import split_patients
-from tfseg.evaluation import EvalOptions, ModelLoadError, evaluate, evaluate_patient, load_model
+from tfseg.evaluation import EvalOptions, evaluate, evaluate_patient
+from tfseg.inference import ModelLoadError, load_model
 from tfseg.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,8 +172,7 @@ def check_outputs(out: Path, patients: list[str]):
 
 def test_evaluate_py_on_the_run_export_writes_every_file_for_the_validation_patients(phantom_run, phantom_dir,
                                                                                    tmp_path):
-    sys.path.insert(0, str(ROOT))
-    import evaluate as evaluate_py
+    from tfseg.cli import evaluate as evaluate_py
 
     out = tmp_path / "eval"
     code = evaluate_py.main(["--model", str(phantom_run / "export"), "--data", str(phantom_dir), "--out", str(out),
@@ -202,7 +201,6 @@ def test_evaluate_on_real_patients_writes_every_file(real_data_dir, tmp_path):
 
     run = make_untrained_run(tmp_path / "run", real_data_dir)
     summary = evaluate_model(run, progress=False)  # data from the run's config, out = RUN_DIR/eval
-    names = [f.patient for f in scan_folder(real_data_dir)]
     check_outputs(run / "eval", json.loads((run / "config.json").read_text())["split"]["validation"])
     assert summary["model"]["kind"] == "keras" and summary["data"]["path"] == str(Path(real_data_dir))
 
@@ -271,8 +269,7 @@ def test_a_missing_or_corrupt_model_is_a_clear_error_naming_the_path(make_path, 
     with pytest.raises(ModelLoadError, match=message) as caught:
         load_model(path)
     assert str(path) in str(caught.value)
-    sys.path.insert(0, str(ROOT))
-    import evaluate as evaluate_py
+    from tfseg.cli import evaluate as evaluate_py
 
     assert evaluate_py.main(["--model", str(path), "--data", str(phantom_dir), "--out", str(tmp_path / "o")]) == 2
     assert str(path) in capsys.readouterr().err

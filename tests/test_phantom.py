@@ -7,7 +7,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from tfseg.data.phantom import main, write_phantom
+from tfseg.cli.phantom import main
+from tfseg.data.phantom import write_phantom
 
 N_PATIENTS, N_SLICES, SIZE = 4, 12, 256  # as written by the phantom_dir fixture in conftest.py
 

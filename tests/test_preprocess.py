@@ -1,4 +1,4 @@
-"""Specification of tfseg.data.preprocess: PROTOCOL.md's five steps and their inverse, in TensorFlow.
+"""Specification of tfseg.data.preprocess: docs/protocol.md's five steps and their inverse, in TensorFlow.
 
 The reference is tests/reference_preprocess.py (numpy and scikit-image, as Buda et al. do it):
 the TensorFlow implementation must give its geometry and masks exactly and its float32 image

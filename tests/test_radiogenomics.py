@@ -14,7 +14,8 @@ from tfseg.radiogenomics.masks import GENOMIC_COLUMNS, iter_manual_masks
 from tfseg.radiogenomics.shape import (ShapeSettings, angular_standard_deviation, bevr, boundary,
                                        ellipsoid_volume, margin_fluctuation, minimum_volume_ellipsoid,
                                        shape_features)
-from tfseg.radiogenomics.study import main, run
+from tfseg.cli.radiogenomics import main
+from tfseg.radiogenomics.study import run
 
 CUBE_RATIO = 2 / (math.pi * math.sqrt(3))  # unit cube / its circumscribed sphere
 TOL = 1e-6  # relative; the Khachiyan tolerance is 1e-7

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from tfseg.cli import report as report_cli
 from tfseg import report, report_studies
 from tfseg.data.pack import pack
 from tfseg.runs import load_run
@@ -58,7 +59,7 @@ def mean_dsc(run_dir: Path) -> float:
 
 def test_report_of_two_trained_runs_lists_both_in_dsc_order_with_existing_figures(trained_runs, tmp_path):
     output = tmp_path / "reports" / "REPORT.md"
-    assert report.main([str(r) for r in trained_runs] + ["-o", str(output)]) == 0
+    assert report_cli.main([str(r) for r in trained_runs] + ["-o", str(output)]) == 0
     text = output.read_text()
     rows = table(text)
     assert sorted(row["Run"].strip("`") for row in rows) == sorted(r.name for r in trained_runs)
@@ -140,7 +141,7 @@ def test_runs_are_sorted_by_mean_dsc_with_dashes_for_what_is_missing(tmp_path):
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert report.main([str(tmp_path / "empty"), "-o", str(tmp_path / "r.md")]) == 2
+    assert report_cli.main([str(tmp_path / "empty"), "-o", str(tmp_path / "r.md")]) == 2
     assert str(tmp_path / "empty") in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
 
@@ -225,7 +226,7 @@ def test_time_to_accuracy_figure_draws_every_run_beside_the_reference_curve(tmp_
     assert old["images"] == [3328, 6656]
     ref = drawn["reference"]
     assert ref["dsc"] == list(report.REFERENCE_DSC_BY_EPOCH) and ref["minutes"][-1] == pytest.approx(44.6)
-    assert ref["images"][-1] == 12 * 208 * 16 and "reference program (PROTOCOL.md)" in drawn["labels"]
+    assert ref["images"][-1] == 12 * 208 * 16 and "reference program (docs/protocol.md)" in drawn["labels"]
     caption = text.split("## Time to accuracy", 1)[1].split("##", 1)[0]
     assert "(`old`)" in caption and "`new`" not in caption
 
@@ -237,7 +238,7 @@ def test_notes_are_inserted_verbatim_after_the_tables_and_survive_regeneration(t
     run = _fake_run(tmp_path, "b16-context3", 0.9, config=NEW_SETTINGS, extra=NEW_RECORDS)
     output = tmp_path / "reports" / "REPORT.md"
     args = [str(run), "-o", str(output), "--title", "cpu-128 campaign", "--notes", str(notes)]
-    assert report.main(args) == 0 and report.main(args) == 0  # regenerated: the notes come from their own file
+    assert report_cli.main(args) == 0 and report_cli.main(args) == 0  # regenerated: the notes come from their own file
     text = output.read_text()
     assert text.startswith("# cpu-128 campaign\n") and text.count(analysis) == 1
     assert text.index("## Settings") < text.index(analysis) < text.index("## Time to accuracy")
@@ -246,10 +247,10 @@ def test_notes_are_inserted_verbatim_after_the_tables_and_survive_regeneration(t
 def test_a_missing_notes_file_or_notes_that_are_the_report_itself_is_an_error_naming_it(tmp_path, capsys):
     run = _fake_run(tmp_path, "a", 0.9)
     output = tmp_path / "REPORT.md"
-    assert report.main([str(run), "-o", str(output), "--notes", str(tmp_path / "NOTES.md")]) == 2
+    assert report_cli.main([str(run), "-o", str(output), "--notes", str(tmp_path / "NOTES.md")]) == 2
     assert str(tmp_path / "NOTES.md") in capsys.readouterr().err and not output.exists()
     output.write_text("hand-written")
-    assert report.main([str(run), "-o", str(output), "--notes", str(output)]) == 2
+    assert report_cli.main([str(run), "-o", str(output), "--notes", str(output)]) == 2
     assert "is the report itself" in capsys.readouterr().err and output.read_text() == "hand-written"
 
 
@@ -267,16 +268,16 @@ def test_baseline_figure_compares_the_best_run_with_the_reference_settings_run_a
             _fake_run(tmp_path, "b16-reference-settings", None, {p: v - 0.1 for p, v in PATIENTS.items()}, flat=True),
             _fake_run(tmp_path, "b16-ema", None, {p: v - 0.05 for p, v in PATIENTS.items()}, flat=True)]
     output = tmp_path / "out" / "R.md"
-    assert report.main([str(r) for r in runs] + ["-o", str(output)]) == 0
+    assert report_cli.main([str(r) for r in runs] + ["-o", str(output)]) == 0
     by_run, lines = drawn[-1]
     assert list(by_run) == ["best: b16-cosine", "baseline: b16-reference-settings"]
     assert by_run["baseline: b16-reference-settings"]["P_A"] == pytest.approx(0.85)
     assert list(lines.values()) == [report.REFERENCE_MEAN_DSC] == [0.894]
     png = output.parent / "figures" / "R_best_vs_baseline.png"
     assert png.stat().st_size > 10_000 and "figures/R_best_vs_baseline.png" in output.read_text()
-    assert report.main([str(r) for r in runs] + ["-o", str(output), "--baseline", "b16-ema"]) == 0
+    assert report_cli.main([str(r) for r in runs] + ["-o", str(output), "--baseline", "b16-ema"]) == 0
     assert list(drawn[-1][0]) == ["best: b16-cosine", "baseline: b16-ema"]
-    assert report.main([str(r) for r in runs] + ["-o", str(output), "--baseline", "nosuch"]) == 2
+    assert report_cli.main([str(r) for r in runs] + ["-o", str(output), "--baseline", "nosuch"]) == 2
     assert "b16-reference-settings" in capsys.readouterr().err  # the error lists the runs to choose from
 
 
@@ -406,7 +407,7 @@ def test_cv_section_compares_each_folder_with_the_paper_and_says_whether_it_reac
     weak = _fake_cv(tmp_path, "cv-weak", 0.0, None)
     run = _fake_run(tmp_path, "b16", 0.9)
     output = tmp_path / "reports" / "R.md"
-    assert report.main([str(run), "-o", str(output), "--cv", str(good), "--cv", str(weak)]) == 0
+    assert report_cli.main([str(run), "-o", str(output), "--cv", str(good), "--cv", str(weak)]) == 0
     text = output.read_text()
     rows = table(text, "## Cross-validation")
     assert [r["CV"] for r in rows] == ["`cv-good`", "`cv-weak`", "Buda et al. 2019 (paper)"]
@@ -450,18 +451,18 @@ def test_a_cv_folder_without_summary_is_an_error_naming_it_and_the_folds_with_me
     output = tmp_path / "R.md"
     cv = tmp_path / "cv"
     cv.mkdir()
-    assert report.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
+    assert report_cli.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
     err = capsys.readouterr().err
     assert str(cv / "summary.json") in err and "python -m tfseg.cv" in err and not output.exists()
     for fold, files in (("fold-0", ("history.csv", "metrics.json")), ("fold-1", ("history.csv",))):
         (cv / fold).mkdir()
         for name in files:
             (cv / fold / name).write_text("{}")
-    assert report.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
+    assert report_cli.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
     err = capsys.readouterr().err
     assert "folds with metrics.json: fold-0; without: fold-1" in err and not output.exists()
     (cv / "summary.json").write_text(json.dumps({"patients": 3}))
-    assert report.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
+    assert report_cli.main([str(run), "-o", str(output), "--cv", str(cv)]) == 2
     assert "has no folds, pre, native" in capsys.readouterr().err
 
 
@@ -504,7 +505,7 @@ def test_radiogenomics_section_sets_folders_side_by_side_with_the_paper_and_thei
     predicted = _fake_radiogenomics(rg, "cv-pred", "predicted", predicted_p, predicted_f, tiny_png)
     output = tmp_path / "reports" / "R.md"
     args = [str(_fake_run(tmp_path, "b16", 0.9)), "-o", str(output)]
-    assert report.main(args + ["--radiogenomics", str(manual), "--radiogenomics", str(predicted)]) == 0
+    assert report_cli.main(args + ["--radiogenomics", str(manual), "--radiogenomics", str(predicted)]) == 0
     text = output.read_text()
     rows = {(r["Feature"], r["Subtype"]): r for r in table(text, next(
         line for line in text.splitlines() if line.startswith("Exact p per primary test")))}
@@ -555,11 +556,11 @@ def test_a_radiogenomics_folder_missing_a_file_or_a_column_is_an_error_naming_it
     output = tmp_path / "R.md"
     folder = _fake_radiogenomics(tmp_path, "pred", "predicted", dict.fromkeys(RG_PAIRS, 0.5), {"P1": (1, 2, 3)}, None)
     (folder / "summary.json").unlink()
-    assert report.main([str(run), "-o", str(output), "--radiogenomics", str(folder)]) == 2
+    assert report_cli.main([str(run), "-o", str(output), "--radiogenomics", str(folder)]) == 2
     err = capsys.readouterr().err
     assert str(folder / "summary.json") in err and "python -m tfseg.radiogenomics" in err and not output.exists()
     (folder / "summary.json").write_text("{}")
     (folder / "features.csv").write_text("patient,bevr,asd\nP1,1,2\n")
-    assert report.main([str(run), "-o", str(output), "--radiogenomics", str(folder)]) == 2
+    assert report_cli.main([str(run), "-o", str(output), "--radiogenomics", str(folder)]) == 2
     assert f"{folder / 'features.csv'}: no column mf" in capsys.readouterr().err and not output.exists()
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from test_serving import SIZE, flair_threshold_model
 
+from tfseg.cli import robustness as robustness_cli
 from tfseg import export, robustness
 from tfseg.data.kaggle import PatientVolume, read_patient, scan_folder
 from tfseg.evaluation import evaluate_patient
@@ -229,7 +230,7 @@ def run_dir(served, phantom_dir, tmp_path_factory):
 
 def test_command_line_scores_the_runs_validation_patients_under_every_perturbation(run_dir, tmp_path):
     out = tmp_path / "robust"
-    assert robustness.main(["--model", str(run_dir), "--out", str(out), "--quiet"]) == 0
+    assert robustness_cli.main(["--model", str(run_dir), "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["figure.png", "robustness.csv", "summary.json", "table.md"]
     summary = json.loads((out / "summary.json").read_text())
     validation = json.loads((run_dir / "config.json").read_text())["split"]["validation"]
@@ -247,8 +248,8 @@ def test_command_line_scores_the_runs_validation_patients_under_every_perturbati
 
 def test_export_folder_of_a_run_uses_the_parent_runs_split_and_reruns_identically(run_dir, phantom_dir, tmp_path):
     args = ["--perturbations", "noise_10", "mirror", "--seed", "5", "--quiet", "--data", str(phantom_dir)]
-    assert robustness.main(["--model", str(run_dir), "--out", str(tmp_path / "a"), *args]) == 0
-    assert robustness.main(["--model", str(run_dir / "export"), "--out", str(tmp_path / "b"), *args]) == 0
+    assert robustness_cli.main(["--model", str(run_dir), "--out", str(tmp_path / "a"), *args]) == 0
+    assert robustness_cli.main(["--model", str(run_dir / "export"), "--out", str(tmp_path / "b"), *args]) == 0
     first = (tmp_path / "a" / "robustness.csv").read_text()
     assert first == (tmp_path / "b" / "robustness.csv").read_text()
     assert [line.split(",")[1] for line in first.splitlines()[1:4]] == ["clean", "noise_10", "mirror"]
@@ -256,17 +257,17 @@ def test_export_folder_of_a_run_uses_the_parent_runs_split_and_reruns_identicall
 
 def test_a_saved_model_outside_a_run_needs_patients(served, phantom_dir, tmp_path, capsys):
     folder = served[2]
-    assert robustness.main(["--model", str(folder), "--data", str(phantom_dir), "--out", str(tmp_path)]) == 2
+    assert robustness_cli.main(["--model", str(folder), "--data", str(phantom_dir), "--out", str(tmp_path)]) == 2
     assert "--patients" in capsys.readouterr().err
     name = scan_folder(phantom_dir)[0].patient
-    assert robustness.main(["--model", str(folder), "--data", str(phantom_dir), "--out", str(tmp_path),
+    assert robustness_cli.main(["--model", str(folder), "--data", str(phantom_dir), "--out", str(tmp_path),
                             "--patients", name, "--perturbations", "pre_missing", "--quiet"]) == 0
     assert len((tmp_path / "robustness.csv").read_text().splitlines()) == 3
 
 
 def test_a_run_without_an_export_and_an_unknown_perturbation_are_errors_that_say_what_to_do(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
-    assert robustness.main(["--model", str(tmp_path)]) == 2
+    assert robustness_cli.main(["--model", str(tmp_path)]) == 2
     assert "python -m tfseg.export" in capsys.readouterr().err
-    assert robustness.main(["--model", str(tmp_path), "--perturbations", "snow"]) == 2
+    assert robustness_cli.main(["--model", str(tmp_path), "--perturbations", "snow"]) == 2
     assert "unknown perturbations ['snow']" in capsys.readouterr().err

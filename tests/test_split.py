@@ -1,4 +1,4 @@
-"""Specification of tfseg.data.split: patient-level train/validation splits (PROTOCOL.md "Split")."""
+"""Specification of tfseg.data.split: patient-level train/validation splits (docs/protocol.md "Split")."""
 import os
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pytest
 
 from tfseg.data.split import split_patients
 
-# PROTOCOL.md's 10 validation patients.
+# docs/protocol.md's 10 validation patients.
 PROTOCOL_VALIDATION = {
     "TCGA_HT_7616_19940813", "TCGA_CS_6668_20011025", "TCGA_CS_4944_20010208",
     "TCGA_HT_7879_19981009", "TCGA_DU_7014_19860618", "TCGA_DU_6408_19860521",
@@ -81,9 +81,9 @@ def test_fold_out_of_range_is_an_error():
 
 
 def test_a_full_set_whose_default_split_is_not_the_protocols_is_an_error():
-    # 110 kaggle_3m-like names that are not kaggle_3m's: the default split can't be PROTOCOL.md's 10 patients.
+    # 110 kaggle_3m-like names that are not kaggle_3m's: the default split can't be docs/protocol.md's 10 patients.
     fake = [f"TCGA_XX_{i:04d}_20000101" for i in range(110)]
-    with pytest.raises(ValueError, match="not PROTOCOL.md's"):
+    with pytest.raises(ValueError, match="not docs/protocol.md's"):
         split_patients(fake, 10)
     # Other splits of the same names are not the protocol's and are allowed.
     assert len(split_patients(fake, 12)[1]) == 12

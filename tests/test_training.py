@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tfseg.data.pack import pack
-from tfseg.training.config import TrainConfig, config_from_args
+from tfseg.cli.train import config_from_args
+from tfseg.training.config import TrainConfig
 from tfseg.training.runtime import choose_precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,8 +176,7 @@ def test_non_finite_loss_stops_with_a_clear_message(packed_phantom, tmp_path, mo
 
 
 def test_missing_data_folder_prints_the_kaggle_download_steps(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT))
-    import train
+    from tfseg.cli import train
 
     assert train.main(["--data", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
@@ -185,7 +185,7 @@ def test_missing_data_folder_prints_the_kaggle_download_steps(tmp_path, capsys):
 
 def test_preset_sets_protocol_values_and_explicit_flags_win():
     config, _, _ = config_from_args(["--preset", "cpu-128"])
-    # PROTOCOL.md cpu-128: 12 epochs of batch 16 at 128 px, no wall-clock limit.
+    # docs/protocol.md cpu-128: 12 epochs of batch 16 at 128 px, no wall-clock limit.
     assert (config.image_size, config.batch_size, config.epochs, config.time_budget_minutes) == (128, 16, 12, None)
     assert config.schedule == "cosine"
     config, resume, overrides = config_from_args(["--preset", "cpu-128", "--epochs", "3"])

@@ -1,17 +1,17 @@
 """evaluate.py --uncertainty (tfseg.uncertainty): where the views disagree, per voxel and per patient."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_ensemble import SIZE, make_run, stand_in
-from test_evaluate import BOX_SIZE, ROOT, oracle, read_rows, write_box_phantom
+from test_evaluate import BOX_SIZE, oracle, read_rows, write_box_phantom
 
+from tfseg.cli import cv as cv_cli
 from tfseg.data.kaggle import read_patient, scan_folder
 from tfseg.data.preprocess import preprocess_volume
-from tfseg.ensemble import Ensemble
-from tfseg.evaluation import EvalOptions, LoadedModel, evaluate, mean_of_views, predict_views, predict_volume
+from tfseg.evaluation import EvalOptions, evaluate
+from tfseg.inference import LoadedModel, ensemble_of, mean_of_views, predict_views, predict_volume
 from tfseg.uncertainty import disagreement_map, disagreement_score, spearman_with_dsc
 
 QUIET = {"overlays": False, "progress": False}
@@ -156,11 +156,11 @@ def test_uncertainty_leaves_every_score_unchanged_and_adds_a_column(box_dir, tmp
 def test_an_ensembles_member_views_give_exactly_its_prediction(phantom_dir):
     members = [LoadedModel(Path(name), "keras", stand_in(bias).predict_on_batch, SIZE, name)
                for name, bias in (("a", -4.0), ("b", -3.0))]
-    ensemble = Ensemble(members)
+    ensemble = ensemble_of(members)
     volume = read_patient(scan_folder(phantom_dir)[0])
     image, _, _ = preprocess_volume(volume.image, volume.mask, SIZE)
     for tta in (False, True):
-        views = predict_views(ensemble.member_predicts, image, batch_size=5, flip=True)
+        views = predict_views(ensemble.sources, image, batch_size=5, flip=True)
         assert len(views) == 4
         np.testing.assert_array_equal(mean_of_views(views, 2, tta),
                                       predict_volume(ensemble.predict, image, batch_size=5, tta=tta))
@@ -173,8 +173,7 @@ def test_an_ensembles_member_views_give_exactly_its_prediction(phantom_dir):
 
 def test_evaluate_py_uncertainty_on_an_ensemble_writes_the_column_the_ranking_and_the_maps(phantom_dir, tmp_path,
                                                                                         capsys):
-    sys.path.insert(0, str(ROOT))
-    import evaluate as evaluate_py
+    from tfseg.cli import evaluate as evaluate_py
 
     names = [f.patient for f in scan_folder(phantom_dir)]
     runs = [str(make_run(tmp_path / name, stand_in(bias), phantom_dir, names[:1]))
@@ -206,7 +205,7 @@ def test_cv_uncertainty_scores_every_out_of_fold_patient(phantom_dir, tmp_path):
     for fold, validation in enumerate((names[:2], names[2:])):
         run = make_run(cv.fold_dir(out, fold), stand_in(-3.5), phantom_dir, validation)
         (run / "metrics.json").write_text("{}")  # a finished fold: tfseg.cv goes straight to predicting
-    assert cv.main(["--folds", "2", "--out", str(out), "--data", str(phantom_dir), "--uncertainty"]) == 0
+    assert cv_cli.main(["--folds", "2", "--out", str(out), "--data", str(phantom_dir), "--uncertainty"]) == 0
     rows = read_rows(out / "per_patient.csv")
     assert sorted(rows) == sorted(names) and all(0.0 <= float(r["uncertainty"]) <= 1.0 for r in rows.values())
     ranking = json.loads((out / "summary.json").read_text())["uncertainty"]

@@ -25,7 +25,6 @@ median 85% per-volume DSC from its 22-fold cross-validation.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -71,7 +70,8 @@ def predict_out_of_fold(runs: list[Path], data: Path, out: Path, tta: bool = Fal
 
     With ``uncertainty`` each row also has the patient's "uncertainty" score (tfseg.uncertainty).
     """
-    from tfseg.evaluation import EvalOptions, evaluate_patient, load_model
+    from tfseg.evaluation import EvalOptions, evaluate_patient
+    from tfseg.inference import load_model
 
     scanned = scan_folder(data)
     predictions = out / "predictions"
@@ -135,7 +135,8 @@ def write_outputs(rows: list[dict], summary: dict, out: Path) -> None:
 
 def run_cv(config, folds: int, out: str | os.PathLike, tta: bool = False, uncertainty: bool = False) -> dict:
     """Train every fold, predict out of fold, write the files; returns summary.json's content."""
-    from tfseg.evaluation import resolve_data, views_description
+    from tfseg.evaluation import resolve_data
+    from tfseg.inference import views_description
     from tfseg.uncertainty import uncertainty_summary
 
     out = Path(out)
@@ -154,32 +155,7 @@ def run_cv(config, folds: int, out: str | os.PathLike, tta: bool = False, uncert
     return summary
 
 
-def main(argv=None) -> int:
-    from tfseg.training.config import config_from_args
-    from tfseg.training.loop import TrainingError
+if __name__ == "__main__":  # `python -m tfseg.cv`: the same command as `tfseg cv`
+    from tfseg.cli.cv import main
 
-    parser = argparse.ArgumentParser(prog="python -m tfseg.cv", allow_abbrev=False, description="Patient-level K-fold cross-validation "
-                                     "with out-of-fold predictions; every other flag goes to train.py "
-                                     "(default --preset cpu-128).")
-    parser.add_argument("--folds", type=int, default=5, help="number of patient-level folds")
-    parser.add_argument("--out", required=True, help="folder for the fold runs and the out-of-fold results")
-    parser.add_argument("--tta", action="store_true", help="average with the flipped image when predicting")
-    parser.add_argument("--uncertainty", action="store_true", help="also score each patient's uncertainty (where "
-                        "the image and its flip disagree; see evaluate.py --uncertainty) and its rank correlation "
-                        "with the DSC")
-    args, train_flags = parser.parse_known_args(argv)
-    if not any(flag.startswith("--preset") for flag in train_flags):
-        train_flags = ["--preset", "cpu-128"] + train_flags
-    if any(flag.startswith(("--fold", "--logdir", "--resume")) for flag in train_flags):
-        parser.error("--fold, --logdir and --resume are set per fold by tfseg.cv; leave them out")
-    config, _, _ = config_from_args(train_flags)
-    try:
-        run_cv(config, args.folds, args.out, args.tta, args.uncertainty)
-    except (DataError, TrainingError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m tfseg.cv"))

@@ -19,7 +19,7 @@ Two signatures (inspect them with ``saved_model_cli show --dir RUN_DIR/export --
 An ensemble (``--ensemble``) is exported as one SavedModel with the same two
 signatures: ``serving_default`` returns the mean of the members' probabilities and
 ``segment_volume`` runs the protocol once on that mean. ``image`` then has the
-widest member's 3·K channels (see :mod:`tfseg.ensemble`); ``DIR/ensemble.json``
+widest member's 3·K channels (see :mod:`tfseg.inference.ensemble`); ``DIR/ensemble.json``
 lists the members.
 
 ``segment_volume`` runs the graph functions of :mod:`tfseg.data.preprocess` and
@@ -27,7 +27,6 @@ lists the members.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -44,7 +43,7 @@ from tfseg.data.kaggle import SLICE_SHAPE
 from tfseg.data.preprocess import CONSTANT_INTENSITY, invert_graph, preprocess_graph
 from tfseg.data.protocol import MIN_SLICES
 from tfseg.fileio import write_json_atomic
-from tfseg.ensemble import Ensemble, EnsembleError, average_models
+from tfseg.inference import EnsembleError, average_models, ensemble_of, load_model
 from tfseg.postprocess import postprocess_graph
 
 # Slices per forward pass inside segment_volume: bounds the activation memory of one call.
@@ -154,7 +153,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None)
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist: {run_dir} is not a finished training run "
                                 "(train with `python train.py --logdir DIR` first)")
-    model = keras.models.load_model(source, compile=False)
+    model = load_model(source).network  # ModelLoadError naming the file when it is corrupt
     out = export_saved_model(model, run_dir / "export" if out is None else out)
     print(f"exported {source} -> {out}")
     return out
@@ -163,50 +162,24 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None)
 def export_ensemble(models: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """Export the mean of ``models`` (run folders or .keras files) as one SavedModel in ``out_dir``.
 
-    The members are wrapped by :func:`tfseg.ensemble.average_models` and written by
+    The members are wrapped by :func:`tfseg.inference.average_models` and written by
     :func:`export_saved_model`; ``out_dir/ensemble.json`` lists them (path, kind, sha256).
     Raises ModelLoadError for a bad path, EnsembleError for a SavedModel member or
     members of different image sizes (naming both).
     """
-    from tfseg.evaluation import load_model  # the one place that resolves run folders and .keras files
-
     members = [load_model(path) for path in models]
     for member in members:
         if member.network is None:
             raise EnsembleError(f"{member.path} is a SavedModel, which cannot be nested in a Keras model: give "
                                 "its run folder or .keras file instead")
-    ensemble = Ensemble(members)  # checks the image sizes, naming the paths
+    ensemble = ensemble_of(members)  # checks the image sizes, naming the paths
     out = export_saved_model(average_models([m.network for m in members]), out_dir)
     write_json_atomic(out / "ensemble.json", ensemble.describe())
     print(f"exported the mean of {len(members)} models ({', '.join(str(m.path) for m in members)}) -> {out}")
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tfseg.export", description="Export RUN_DIR/best.keras "
-                                     "as a SavedModel in RUN_DIR/export, or several models as one ensemble "
-                                     "SavedModel that averages their probabilities (--ensemble ... --out DIR).")
-    parser.add_argument("run_dir", nargs="?", help="a training run folder (holds best.keras)")
-    parser.add_argument("--ensemble", nargs="+", metavar="MODEL", help="training run folders or .keras files to "
-                        "export as one SavedModel (the mean of their probabilities); they must take the same "
-                        "image size; needs --out")
-    parser.add_argument("--out", default=None, help="SavedModel folder to write (default: RUN_DIR/export; "
-                        "required with --ensemble)")
-    args = parser.parse_args(argv)
-    if (args.run_dir is None) == (args.ensemble is None):
-        parser.error("give either RUN_DIR or --ensemble MODEL MODEL ...")
-    if args.ensemble and args.out is None:
-        parser.error("--ensemble needs --out DIR: the ensemble belongs to no single run folder")
-    try:
-        if args.ensemble:
-            export_ensemble(args.ensemble, args.out)
-        else:
-            export_run(args.run_dir, args.out)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+if __name__ == "__main__":  # `python -m tfseg.export`: the same command as `tfseg export`
+    from tfseg.cli.export import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m tfseg.export"))

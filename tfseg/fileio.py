@@ -47,6 +47,28 @@ def write_json_atomic(path: str | os.PathLike, payload) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def csv_text(rows: list[dict], fieldnames: list[str] | None = None) -> str:
+    """CSV of ``rows`` (header first, "\\n" line ends); columns: ``fieldnames``, else every key in order of first use.
+
+    A missing or None value is an empty cell; floats are written in full (``repr``), NaN as ``nan``.
+    """
+    import csv
+    import io
+
+    if fieldnames is None:
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    """:func:`csv_text` of ``rows`` written atomically: every CSV tfseg writes goes through here."""
+    return write_text_atomic(path, csv_text(rows, fieldnames))
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

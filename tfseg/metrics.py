@@ -5,9 +5,9 @@ Two different numbers, both named DSC:
 - `DiceCoefficient`: a Keras metric for `model.compile(metrics=...)`. It pools
   every pixel seen in an epoch into one DSC, which is quick to watch but is
   **not** the published figure.
-- `volume_scores`, `VolumeMetrics`, `score_slices` / `per_volume_dsc`: the metric of PROTOCOL.md ("The metric"): per patient, threshold the
-  stacked slice probabilities, keep the largest 3-D connected component, DSC
-  over the volume; then mean (the headline) and median over patients.
+- `volume_scores`, `VolumeMetrics`, `score_slices` / `per_volume_dsc`: the metric of
+  docs/protocol.md ("The metric"): per patient, threshold the stacked slice
+  probabilities, keep the largest 3-D connected component, DSC over the volume; then mean (the headline) and median over patients.
   `VolumeMetrics` is a per-case accumulator the way MONAI's metrics are
   (`update(case, pred, true)` once per patient, then `aggregate()`): the
   validation during training and `evaluate.py` both score through it, so both
@@ -78,7 +78,7 @@ class DiceCoefficient(keras.metrics.Metric):
 
 
 # ----------------------------------------------------------------------------
-# Per-volume evaluation (PROTOCOL.md, "The metric"): numpy in, numpy out.
+# Per-volume evaluation (docs/protocol.md, "The metric"): numpy in, numpy out.
 # ----------------------------------------------------------------------------
 
 def volume_dsc(pred, true):

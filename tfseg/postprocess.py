@@ -1,4 +1,4 @@
-"""PROTOCOL.md's post-processing of one patient's predicted probabilities: threshold, then the largest 3-D component.
+"""docs/protocol.md's post-processing of one patient's predicted probabilities: threshold, then the largest 3-D component.
 
 One definition in two forms that give the same mask (tests/test_postprocess.py):
 
@@ -12,7 +12,7 @@ Thresholding, everywhere: a voxel is foreground when ``p > THRESHOLD``. At 0.5 t
 what the reference's ``np.round`` does (it rounds 0.5 down to 0). The component is
 6-connected (faces only), ties going to the component that starts first in raster
 order, as in ``medpy.filter.binary.largest_connected_component``, the function
-PROTOCOL.md names.
+docs/protocol.md names.
 """
 import numpy as np
 import scipy.ndimage

@@ -16,7 +16,7 @@ the table says which. Missing values are shown as '—'.
 
 The report: a results table and a settings table (one row per run, best mean DSC
 first), the hand-written ``--notes`` verbatim, time-to-accuracy curves beside the
-reference program's (PROTOCOL.md), the best run against a baseline run per patient,
+reference program's (docs/protocol.md), the best run against a baseline run per patient,
 every run per patient, the best and worst case of the best run, and how to reproduce
 each run. Figures go to ``figures/`` beside the report, prefixed with the report's
 name (``reports/REPORT.md`` -> ``reports/figures/REPORT_time_to_accuracy.png``), and
@@ -38,7 +38,6 @@ Two optional sections, before the reproducing commands (issue 10; built by tfseg
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -48,7 +47,7 @@ from pathlib import Path
 
 from tfseg.fileio import atomic_path
 from tfseg.markdown import DASH, fixed as _fixed, table as _table, text as _text
-from tfseg.report_studies import (CV_GOAL_MEAN_DSC, CVFolder, RadiogenomicsFolder, cv_section, folder_figures,
+from tfseg.report_studies import (CVFolder, RadiogenomicsFolder, cv_section, folder_figures,
                                   load_cv, load_folders, load_radiogenomics, radiogenomics_section)
 from tfseg.runs import EVAL_DIR, RunFolderError, RunRecord, as_number, load_run
 from tfseg.seed_groups import describe_group, paired_comparison, seed_groups
@@ -58,7 +57,7 @@ from tfseg.visualize import (dsc_comparison_chart, dsc_patient_comparison, save_
 DEFAULT_TITLE = "Experiment report"
 BASELINE_MARK = "reference-settings"  # default baseline: a run whose name contains this
 
-# The reference program under cpu-128 on these machines (PROTOCOL.md): validation mean DSC after each
+# The reference program under cpu-128 on these machines (docs/protocol.md): validation mean DSC after each
 # of its 12 epochs, its training time, and its images per epoch (208 steps of 16).
 REFERENCE_DSC_BY_EPOCH = (0.54, 0.69, 0.73, 0.64, 0.74, 0.77, 0.78, 0.88, 0.88, 0.79, 0.89, 0.894)
 REFERENCE_TRAIN_MINUTES = 44.6
@@ -133,7 +132,7 @@ def _budget(run: RunRecord) -> str:
     """'cpu-128 (12 ep)' for an epoch budget; 'N min wall clock' when the run had a time limit."""
     minutes = run.config.get("time_budget_minutes")
     if minutes:
-        # cpu-128 was a 60-minute wall-clock budget before it became 12 epochs (PROTOCOL.md).
+        # cpu-128 was a 60-minute wall-clock budget before it became 12 epochs (docs/protocol.md).
         return f"{minutes:g} min wall clock" + (" (old)" if run.config.get("preset") == "cpu-128" else "")
     epochs = run.metric("planned_epochs") or run.config.get("epochs")
     if epochs is None:
@@ -302,7 +301,7 @@ def baseline_figure(best: RunRecord, baseline: RunRecord | None, figures: Path, 
     by_run = {label: scores for label, scores in by_run.items() if scores}
     if not by_run:
         return None
-    reference = {f"reference program mean {REFERENCE_MEAN_DSC} (PROTOCOL.md)": REFERENCE_MEAN_DSC}
+    reference = {f"reference program mean {REFERENCE_MEAN_DSC} (docs/protocol.md)": REFERENCE_MEAN_DSC}
     fig = dsc_patient_comparison(by_run, reference,
                                  title="best run against the baseline: validation DSC per patient (preprocessed)")
     return save_figure(fig, figures / f"{prefix}_best_vs_baseline.png")
@@ -394,7 +393,7 @@ def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title:
     rel = lambda p: os.path.relpath(p, report_dir).replace(os.sep, "/")  # noqa: E731
     lines = [f"# {title}", "",
              f"Generated {datetime.now().isoformat(timespec='seconds')} from {len(runs)} run(s). Protocol: "
-             "PROTOCOL.md (per-volume DSC after threshold 0.5 and the largest 3-D connected component; mean is "
+             "docs/protocol.md (per-volume DSC after threshold 0.5 and the largest 3-D connected component; mean is "
              "the headline). Runs are sorted by mean DSC (preprocessed geometry); the reference program reached "
              f"{REFERENCE_MEAN_DSC} under cpu-128. 'DSC from' says whether the figures come from `evaluate.py` "
              "(both geometries, HD95) or from training's own validation (preprocessed geometry only).", "",
@@ -428,7 +427,7 @@ def _time_section(drawn: ReportFigures, rel) -> list[str]:
              f"![validation DSC by training time and by images seen]({rel(drawn.time_to_accuracy)})", "",
              "Validation mean per-volume DSC after each epoch against cumulative training wall time (left) and "
              "training images seen (right); times are on each run's own CPU (Results table). Black: the "
-             f"reference program under cpu-128 (PROTOCOL.md), its 12 epochs assumed evenly spaced over "
+             f"reference program under cpu-128 (docs/protocol.md), its 12 epochs assumed evenly spaced over "
              f"{REFERENCE_TRAIN_MINUTES} min and 208×16 images each; dotted: its best, {REFERENCE_MEAN_DSC}."]
     if drawn.estimated:
         lines[-1] += (" Dashed: runs whose history.csv has no train_seconds / images_seen columns ("
@@ -493,7 +492,7 @@ def _cases_section(best: RunRecord, cases: list, rel) -> list[str]:
         if best.flat:
             return lines + [f"No overlays in {best.path / 'overlays'}: copy the best and worst case's "
                             "`<patient>_montage.png` from the run's eval/overlays/ there "
-                            "(scripts/campaign.sh does).", ""]
+                            "(scripts/campaign.py does).", ""]
         return lines + [f"No overlays: evaluate the run first with `python evaluate.py --model {best.path}` "
                         f"(writes {best.path / EVAL_DIR}/overlays/).", ""]
     lines += ["FLAIR channel of the 6 slices with the largest tumour; prediction outlined in red, ground truth in "
@@ -519,36 +518,7 @@ def _reproduce(run: RunRecord) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tfseg.report", description="Markdown report comparing "
-                                     "training runs (live run folders with RUN_DIR/eval, or flat results "
-                                     "folders); figures go to figures/ beside the report.")
-    parser.add_argument("runs", nargs="+",
-                        help="run folders (runs/<name>) or results folders (results/<budget>/<name>)")
-    parser.add_argument("-o", "--output", default="REPORT.md", help="the Markdown file to write")
-    parser.add_argument("--title", default=DEFAULT_TITLE, help="the report's heading")
-    parser.add_argument("--notes", metavar="FILE", help="hand-written Markdown inserted verbatim after the tables")
-    parser.add_argument("--baseline", metavar="NAME", help="the run the best run is compared with per patient "
-                        f"(default: a run whose name contains '{BASELINE_MARK}')")
-    parser.add_argument("--cv", metavar="DIR", action="append", default=[],
-                        help="a cross-validation folder written by `python -m tfseg.cv` (summary.json, "
-                        "per_patient.csv, dsc.png): adds the 'Cross-validation' section with the comparison to "
-                        f"the paper and the goal (mean DSC >= {CV_GOAL_MEAN_DSC}); give it once per folder")
-    parser.add_argument("--radiogenomics", metavar="DIR", action="append", default=[],
-                        help="a folder written by `python -m tfseg.radiogenomics` (summary.json, tests.csv, "
-                        "features.csv, figure.png): adds the radiogenomics section, its p-values beside the "
-                        "paper's; give it once per folder, the manual masks first (the others are compared "
-                        "with it)")
-    args = parser.parse_args(argv)
-    try:
-        path = build_report(args.runs, args.output, title=args.title, notes=args.notes, baseline=args.baseline,
-                            cv=args.cv, radiogenomics=args.radiogenomics)
-    except RunFolderError as err:  # ReportError included
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+if __name__ == "__main__":  # `python -m tfseg.report`: the same command as `tfseg report`
+    from tfseg.cli.report import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m tfseg.report"))

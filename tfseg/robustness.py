@@ -39,12 +39,10 @@ drop from clean), ``table.md`` (the same as a Markdown table) and ``figure.png``
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import hashlib
 import io
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -55,6 +53,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from tfseg.errors import TfsegError
 import tfseg
 from tfseg.data.kaggle import DataError, PatientVolume, read_patient, scan_folder
 from tfseg.fileio import atomic_path, write_json_atomic
@@ -69,7 +68,7 @@ Segmenter = Callable[[np.ndarray], np.ndarray]
 PerturbFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-class RobustnessError(ValueError):
+class RobustnessError(TfsegError, ValueError):
     """The model or the options cannot be used; the message names the path or the option and the fix."""
 
 
@@ -310,12 +309,10 @@ class ServedModel:
 def load_served_model(path: str | Path) -> ServedModel:
     """Load ``path`` (a run folder, meaning its ``export/``, or a SavedModel folder) for segment_volume.
 
-    Raises RobustnessError naming the path when it is missing, not exported, or has no segment_volume.
+    The SavedModel is loaded by :func:`tfseg.inference.load_model`, as evaluation loads it. Raises
+    RobustnessError naming the path when it is missing, not exported, or has no segment_volume.
     """
-    import tensorflow as tf
-
-    from tfseg.evaluation import ModelLoadError, read_run_config, open_saved_model, saved_model_sha256
-    from tfseg.runs import owning_run
+    from tfseg.inference import ModelLoadError, load_model
 
     path = Path(path)
     if not path.exists():
@@ -329,18 +326,11 @@ def load_served_model(path: str | Path) -> ServedModel:
                                   f"`python -m tfseg.export {path}`")
         path = path / "export"
     try:
-        run_dir = owning_run(path)
-        run_config = read_run_config(run_dir)
-        loaded, signature = open_saved_model(path, "segment_volume")
+        model = load_model(path)
+        segment = model.segmenter()
     except ModelLoadError as err:
         raise RobustnessError(str(err)) from err
-
-    def segment(slices: np.ndarray) -> np.ndarray:
-        # `loaded` stays referenced by this closure: the signature needs its variables alive.
-        return signature(slices=tf.constant(slices, tf.uint8))["mask"].numpy()
-
-    segment.loaded = loaded
-    return ServedModel(path, segment, run_dir, run_config, saved_model_sha256(path))
+    return ServedModel(model.path, segment, model.run_dir, model.run_config, model.sha256)
 
 
 # ----------------------------------------------------------------------------
@@ -456,55 +446,30 @@ def write_figure(path: Path, summary: dict) -> None:
     save_figure(fig, path)
 
 
-# ----------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------
+def robustness_of_model(model_path: str | Path, data: str | Path | None = None, out: str | Path | None = None,
+                        patients: list[str] | None = None, perturbations: list[str] | None = None, seed: int = 0,
+                        progress: bool = True, command: str | None = None) -> tuple[dict, Path]:
+    """The robustness suite for a served model: (summary, output folder).
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tfseg.robustness",
-                                description="Native-geometry DSC of an exported model (segment_volume) under "
-                                            "perturbations of the raw slices: missing sequences, intensity, noise, "
-                                            "blur, rotation, shift, mirroring, slice order.")
-    p.add_argument("--model", required=True, help="a training run folder (uses RUN_DIR/export) or a SavedModel "
-                   "folder")
-    p.add_argument("--data", default=None, help="kaggle_3m folder (default: the run's --data; a packed folder "
-                   "leads to its source)")
-    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/robustness)")
-    p.add_argument("--patients", nargs="+", default=None, metavar="all|NAME",
-                   help="'all' or patient folder names (default: the validation patients of the run's split)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random perturbations (noise; default 0)")
-    p.add_argument("--perturbations", nargs="+", default=None, metavar="NAME",
-                   help=f"a subset of the suite (clean is always run): {' '.join(PERTURBATIONS)}")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv=None) -> int:
+    ``out`` defaults to RUN_DIR/robustness, ``data`` to the run's own kaggle_3m, ``patients`` to the
+    validation patients of its split. Raises RobustnessError / DataError naming what is wrong.
+    """
     from tfseg.evaluation import choose_patients, resolve_data
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    try:
-        select_suite(args.perturbations)  # fail on a typo before loading anything
-        model = load_served_model(args.model)
-        out = args.out
-        if out is None:
-            if model.run_dir is None:
-                raise RobustnessError(f"{model.path} is not inside a training run: pass --out DIR")
-            out = model.run_dir / "robustness"
-        root = resolve_data(args.data, model.run_config)
-        files, split_info = choose_patients(scan_folder(root), args.patients, model.run_config)
-        summary = run_robustness(root, model.segment, out, [f.patient for f in files], args.perturbations,
-                                 args.seed, model_info=model.describe(), split_info=split_info,
-                                 progress=not args.quiet,
-                                 command="python -m tfseg.robustness " + shlex.join(argv))
-    except (RobustnessError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(markdown_table(summary), end="")
-    print(f"wrote {Path(out) / 'robustness.csv'}, summary.json, table.md, figure.png")
-    return 0
+    select_suite(perturbations)  # fail on a typo before loading anything
+    model = load_served_model(model_path)
+    if out is None:
+        if model.run_dir is None:
+            raise RobustnessError(f"{model.path} is not inside a training run: pass --out DIR")
+        out = model.run_dir / "robustness"
+    root = resolve_data(data, model.run_config)
+    files, split_info = choose_patients(scan_folder(root), patients, model.run_config)
+    summary = run_robustness(root, model.segment, out, [f.patient for f in files], perturbations, seed,
+                             model_info=model.describe(), split_info=split_info, progress=progress, command=command)
+    return summary, Path(out)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m tfseg.robustness`: the same command as `tfseg robustness`
+    from tfseg.cli.robustness import main
+
+    sys.exit(main(prog="python -m tfseg.robustness"))

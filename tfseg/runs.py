@@ -7,7 +7,7 @@ module that reads either goes through here, so file names and the meaning of eac
 figure live in one place.
 
 The headline number is the mean per-volume DSC over the validation patients in the
-preprocessed geometry (PROTOCOL.md), called ``mean_dsc`` (:data:`HEADLINE`) in an
+preprocessed geometry (docs/protocol.md), called ``mean_dsc`` (:data:`HEADLINE`) in an
 evaluation's summary.json. Training measures the same number on its own after every
 epoch; metrics.json stores the best epoch's value as ``best_val_volume_dsc``
 (:data:`TRAINING_NAMES` maps one to the other); evaluation's figure is the one to
@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tfseg.errors import TfsegError
+
 # File and folder names inside a run folder.
 CONFIG = "config.json"      # every setting, the split, machine and code commit (train.py, at the start)
 METRICS = "metrics.json"    # best and final DSC, wall time, images/s (train.py, at the end)
@@ -29,12 +31,52 @@ STATE = "state.json"        # resume state (epoch, checkpoint, plan)
 BEST_MODEL = "best.keras"   # the best epoch's inference model
 EXPORT = "export"           # the SavedModel for serving
 EVAL_DIR = "eval"           # evaluate.py's output: summary.json, per_patient.csv, overlays/
+ROBUSTNESS_DIR = "robustness"  # tfseg robustness's output (robustness.csv, summary.json, table.md, figure.png)
+TENSORBOARD = "tensorboard"  # TensorBoard event files (scalars, overlays, hyper-parameters)
+CHECKPOINTS = "checkpoints"  # the last finished epoch's checkpoint, named epoch-<n>
 SUMMARY = "summary.json"
 PER_PATIENT = "per_patient.csv"
 
 HEADLINE = "mean_dsc"
 # summary.json key -> the metrics.json key holding training validation's value of the same figure.
 TRAINING_NAMES = {"mean_dsc": "best_val_volume_dsc", "median_dsc": "val_volume_dsc_median"}
+
+
+# What a results folder keeps of a run: these files of the run, of its evaluation, and the montages of its
+# best and worst validation patient (the report shows them; all ten would be megabytes). Never weights.
+RESULT_FILES = (CONFIG, METRICS, HISTORY)
+RESULT_EVAL_FILES = (SUMMARY, PER_PATIENT, "dsc.png")
+OVERLAYS = "overlays"
+
+
+def is_evaluated_run(run_dir: str | Path) -> bool:
+    """Training finished (metrics.json) and evaluate.py has scored it (eval/summary.json)."""
+    run_dir = Path(run_dir)
+    return (run_dir / METRICS).is_file() and (run_dir / EVAL_DIR / SUMMARY).is_file()
+
+
+def collect_results(run_dir: str | Path, out: str | Path) -> Path:
+    """Copy a run's small result files into a flat results folder ``out`` (see RESULT_FILES); returns ``out``."""
+    import shutil
+
+    run_dir, out = Path(run_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+    evaluation = run_dir / EVAL_DIR
+    if not (evaluation / SUMMARY).is_file():
+        return out
+    for name in RESULT_EVAL_FILES:
+        if (evaluation / name).is_file():
+            shutil.copyfile(evaluation / name, out / name)
+    ranked = sorted(read_per_patient_csv(evaluation / PER_PATIENT), key=lambda row: row["dsc_pre"])
+    (out / OVERLAYS).mkdir(exist_ok=True)
+    for row in {ranked[0]["patient"]: ranked[0], ranked[-1]["patient"]: ranked[-1]}.values():
+        montage = evaluation / OVERLAYS / f"{row['patient']}_montage.png"
+        if montage.is_file():
+            shutil.copyfile(montage, out / OVERLAYS / montage.name)
+    return out
 
 
 def owning_run(path: str | Path) -> Path | None:
@@ -51,7 +93,7 @@ def read_config_file(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / CONFIG).read_text())
 
 
-class RunFolderError(ValueError):
+class RunFolderError(TfsegError, ValueError):
     """A path given as a run is not a training run folder (or a file is unreadable); the message names it."""
 
 

@@ -2,7 +2,7 @@
 
 A view is one probability volume of one patient: the model on the image and the
 model on the left-right flipped image (flipped back), and with an ensemble every
-member on both (K = 2 · members views; :func:`tfseg.evaluation.predict_views`).
+member on both (K = 2 · members views; :func:`tfseg.inference.predict_views`).
 The mask that is scored stays the mean of the views that ``--tta`` / the ensemble
 always averaged; the views only say how sure that mask is.
 
@@ -10,7 +10,7 @@ always averaged; the views only say how sure that mask is.
   K probabilities. 0 where every view gives the same probability; 0.5 at most (half
   the views say 0, half say 1).
 * **Score** (:func:`disagreement_score`): 1 − |voxels every view calls tumour| /
-  |voxels any view calls tumour|, each view's mask post-processed as PROTOCOL.md does
+  |voxels any view calls tumour|, each view's mask post-processed as docs/protocol.md does
   (threshold, largest 3-D component): 1 minus the Jaccard index of the K masks.
   0 when the masks are identical, 1 when no voxel is shared. When no view finds
   tumour the views agree: 0. It measures disagreement, not error: a tumour that every

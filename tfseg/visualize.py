@@ -245,7 +245,7 @@ def time_to_accuracy_chart(curves: dict[str, dict], reference: dict | None = Non
                 lowest = min([lowest] + [v for v in curve["dsc"] if np.isfinite(v)])
         if reference is not None:
             ax.plot(np.asarray(reference[key]) / scale, reference["dsc"], color="black", linewidth=2.2, marker="s",
-                    markersize=4, label="reference program (PROTOCOL.md)")
+                    markersize=4, label="reference program (docs/protocol.md)")
             ax.axhline(max(reference["dsc"]), color="black", linestyle=":", linewidth=1)
             lowest = min([lowest] + list(reference["dsc"]))
         ax.set_xlabel(xlabel)

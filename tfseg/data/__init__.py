@@ -1,7 +1,7 @@
 """Data layer: kaggle_3m -> checked, preprocessed TFRecords -> tf.data.
 
 Submodules: ``kaggle`` (read and check the Kaggle layout), ``preprocess``
-(PROTOCOL.md's preprocessing and its inverse, in TensorFlow), ``protocol`` (its
+(docs/protocol.md's preprocessing and its inverse, in TensorFlow), ``protocol`` (its
 parameters and the Geometry record), ``split`` (patient-level
 splits), ``records`` / ``pack`` (TFRecord shards + manifest), ``pipeline``
 (tf.data), ``phantom`` (synthetic data). The in-train-step augmentation is

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfseg.errors import TfsegError
+
 KAGGLE_HELP = (
     "Download the Kaggle dataset 'mateuszbuda/lgg-mri-segmentation' "
     "(https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation, or "
@@ -27,7 +29,7 @@ SLICE_SHAPE = (256, 256)
 _SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tif$")
 
 
-class DataError(ValueError):
+class DataError(TfsegError, ValueError):
     """The input data is not a valid kaggle_3m layout; the message names the file and the fix."""
 
 

@@ -12,7 +12,6 @@ then the manifest is replaced atomically.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing
@@ -180,26 +179,7 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tfseg.data.pack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="kaggle_3m", help="kaggle_3m folder to read (default: ./kaggle_3m)")
-    parser.add_argument("--out", default="tfrecords", help="output folder for shards + manifest.json (default: ./tfrecords)")
-    parser.add_argument("--image-size", type=int, default=256, help="side of the preprocessed slices (default: 256)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    args = parser.parse_args(argv)
-    try:
-        manifest = pack(args.data, args.out, args.image_size, args.workers)
-    except (DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: workers stopped, temporary files removed; {args.out} keeps its previous shards "
-              "and manifest. Run the same command again to finish.", file=sys.stderr)
-        return 130
-    print(f"{len(manifest['patients'])} patients, {manifest['total_slices']} slices at "
-          f"{manifest['image_size']} px in {args.out}")
-    return 0
+if __name__ == "__main__":  # `python -m tfseg.data.pack`: the same command as `tfseg pack`
+    from tfseg.cli.pack import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m tfseg.data.pack"))

@@ -21,7 +21,7 @@ Command line::
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import datetime
 import math
 import pathlib
@@ -167,21 +167,7 @@ def _patient_volume(rng: np.random.Generator, n_slices: int, size: int, lesion_f
     return images, masks
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tfseg.data.phantom",
-        description="Write a small synthetic kaggle_3m-shaped folder (for tests and dry runs).")
-    parser.add_argument("dest", help="folder to write, e.g. /tmp/phantom/kaggle_3m")
-    parser.add_argument("--patients", type=int, default=4)
-    parser.add_argument("--slices", type=int, default=12)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lesion-fraction", type=float, default=0.5)
-    args = parser.parse_args(argv)
-    dest = write_phantom(args.dest, n_patients=args.patients, n_slices=args.slices, size=args.size,
-                         seed=args.seed, lesion_fraction=args.lesion_fraction)
-    print(f"wrote {args.patients} phantom patients x {args.slices} slices to {dest}")
+if __name__ == "__main__":  # `python -m tfseg.data.phantom`: the same command as `tfseg phantom`
+    from tfseg.cli.phantom import main
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(main(prog="python -m tfseg.data.phantom"))

@@ -85,7 +85,7 @@ def load_slices(folder: str | os.PathLike, patients: list[str] | None = None) ->
 
 
 def sampling_probabilities(table: SliceTable) -> np.ndarray:
-    """Per-slice probability of the reference sampler (PROTOCOL.md), summing to 1.
+    """Per-slice probability of the reference sampler (docs/protocol.md), summing to 1.
 
     A patient is chosen uniformly, then a slice with probability
     ``(s + 0.1·S/n) / (1.1·S)`` (s: the slice's mask pixels, S: the patient's, n: its

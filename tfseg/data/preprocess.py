@@ -1,4 +1,4 @@
-"""PROTOCOL.md's preprocessing of one patient volume and its inverse, in TensorFlow: the one implementation.
+"""docs/protocol.md's preprocessing of one patient volume and its inverse, in TensorFlow: the one implementation.
 
 Packing and evaluation call :func:`preprocess_volume` and :func:`invert_volume` (numpy in,
 numpy out); the serving signature ``segment_volume`` (:mod:`tfseg.export`) runs the same
@@ -49,7 +49,7 @@ import tensorflow as tf
 from tfseg.data.protocol import CROP_THRESHOLD, GEOMETRY_LENGTH, MIN_SLICES, PERCENTILES, Geometry
 
 CONSTANT_INTENSITY = ("the image volume has constant intensity after cropping, so it cannot be normalized "
-                      "(PROTOCOL.md step 5 divides each channel by its standard deviation, which is 0)")
+                      "(docs/protocol.md step 5 divides each channel by its standard deviation, which is 0)")
 
 
 # ----------------------------------------------------------------------------
@@ -57,7 +57,7 @@ CONSTANT_INTENSITY = ("the image volume has constant intensity after cropping, s
 # ----------------------------------------------------------------------------
 
 def preprocess_volume(image: np.ndarray, mask: np.ndarray, image_size: int = 256):
-    """Apply PROTOCOL.md's five preprocessing steps to one patient.
+    """Apply docs/protocol.md's five preprocessing steps to one patient.
 
     image: (S, H, W, 3) uint8; mask: (S, H, W), foreground where non-zero.
     Returns ``(image (S', N, N, 3) float32, mask (S', N, N) uint8 in {0, 1}, Geometry)``

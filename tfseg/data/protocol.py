@@ -1,4 +1,4 @@
-"""PROTOCOL.md's preprocessing parameters and the :class:`Geometry` of a preprocessed volume.
+"""docs/protocol.md's preprocessing parameters and the :class:`Geometry` of a preprocessed volume.
 
 The implementation is :mod:`tfseg.data.preprocess` (TensorFlow). These live apart from it,
 without TensorFlow, because the packing cache key, the TFRecord format and the manifest

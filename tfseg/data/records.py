@@ -6,7 +6,7 @@ One GZIP-compressed shard per patient (``<patient>.tfrecord.gz``), one
 ============  ======  ==========================================================
 feature       type    content
 ============  ======  ==========================================================
-image         bytes   (N, N, 3) float16, little-endian, normalized as PROTOCOL.md
+image         bytes   (N, N, 3) float16, little-endian, normalized as docs/protocol.md
 mask          bytes   (N, N) uint8 in {0, 1}
 patient       bytes   patient folder name, UTF-8
 slice         int64   index of the slice in the preprocessed volume (0-based)

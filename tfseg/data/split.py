@@ -1,4 +1,4 @@
-"""Patient-level train/validation splits (PROTOCOL.md "Split")."""
+"""Patient-level train/validation splits (docs/protocol.md "Split")."""
 from __future__ import annotations
 
 import random
@@ -6,7 +6,7 @@ import random
 VAL_SEED = 42
 DEFAULT_VAL_CASES = 10
 KAGGLE_3M_PATIENTS = 110
-# PROTOCOL.md's validation patients: what the reference rule gives on the full kaggle_3m set.
+# docs/protocol.md's validation patients: what the reference rule gives on the full kaggle_3m set.
 PROTOCOL_VALIDATION = frozenset({
     "TCGA_HT_7616_19940813", "TCGA_CS_6668_20011025", "TCGA_CS_4944_20010208", "TCGA_HT_7879_19981009",
     "TCGA_DU_7014_19860618", "TCGA_DU_6408_19860521", "TCGA_DU_6404_19850629", "TCGA_DU_5851_19950428",
@@ -19,7 +19,7 @@ def split_patients(patients, val_cases: int = DEFAULT_VAL_CASES, fold: int | Non
     """Split patient names into (train, validation), both sorted.
 
     Default: the reference rule ``random.seed(42); random.sample(sorted(patients), k=val_cases)``
-    (on the full kaggle_3m set it gives PROTOCOL.md's 10 validation patients).
+    (on the full kaggle_3m set it gives docs/protocol.md's 10 validation patients).
     With ``fold=k, folds=K``: the sorted patients shuffled under ``seed`` and dealt
     into K near-equal folds; fold k is validation. Folds partition the patients.
     ``strata`` (patient -> label, e.g. whether it has tumour) makes the folds stratified:
@@ -41,11 +41,11 @@ def split_patients(patients, val_cases: int = DEFAULT_VAL_CASES, fold: int | Non
 
 
 def _check_protocol_split(names: list[str], val: list[str], val_cases: int, seed: int) -> None:
-    """On the full kaggle_3m set the default split must be PROTOCOL.md's 10 patients, or no figure compares."""
+    """On the full kaggle_3m set the default split must be docs/protocol.md's 10 patients, or no figure compares."""
     full_set = len(names) == KAGGLE_3M_PATIENTS and all(n.startswith("TCGA_") for n in names)
     if full_set and val_cases == DEFAULT_VAL_CASES and seed == VAL_SEED and set(val) != PROTOCOL_VALIDATION:
         raise ValueError(
-            f"the validation split of these {len(names)} patients is not PROTOCOL.md's: got {sorted(val)}, "
+            f"the validation split of these {len(names)} patients is not docs/protocol.md's: got {sorted(val)}, "
             f"expected {sorted(PROTOCOL_VALIDATION)}. The patient folder names differ from kaggle_3m's; "
             "restore the data set unchanged (python ../shared/lgg/restore.py or the Kaggle download).")
 

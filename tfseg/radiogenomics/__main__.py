@@ -1,9 +1,6 @@
-"""``python -m tfseg.radiogenomics``: see `tfseg.radiogenomics.study`."""
-import os
+"""``python -m tfseg.radiogenomics``: the same command as ``tfseg radiogenomics``."""
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the connected-component helper imports keras
+from tfseg.cli.radiogenomics import main
 
-from tfseg.radiogenomics.study import main  # noqa: E402
-
-sys.exit(main())
+sys.exit(main(prog="python -m tfseg.radiogenomics"))

@@ -9,7 +9,7 @@ mask together:
 - geometric (image and mask): one affine transform per sample, composed of a
   zoom about the centre by U(1 - scale, 1 + scale), a rotation about the centre
   by U(-rotation, rotation) degrees and a horizontal flip with probability
-  `flip` (the reference program's augmentation, see PROTOCOL.md). Images are
+  `flip` (the reference program's augmentation, see docs/protocol.md). Images are
   resampled bilinearly, masks with nearest neighbour so they stay exactly 0/1;
   points that come from outside the image are filled with 0 (as the reference
   does, on standardized images). The warp (`affine_warp`) gives the same result

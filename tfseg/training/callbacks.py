@@ -17,8 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfseg import runs
 from tfseg.data.pipeline import SliceTable, validation_dataset
-from tfseg.fileio import remove_dead_temporaries, write_json_atomic
+from tfseg.fileio import remove_dead_temporaries, write_csv_atomic, write_json_atomic
 from tfseg.metrics import score_slices
 from tfseg.postprocess import THRESHOLD
 from tfseg.visualize import FLAIR_CHANNEL, dsc_bar_chart, figure_to_array, grid, overlay
@@ -160,7 +161,7 @@ class ResumeState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not all(math.isfinite(float(v)) for v in logs.values()):
             return
-        prefix = self.checkpoint.write(str(self.run_dir / "checkpoints" / f"epoch-{epoch + 1}"))
+        prefix = self.checkpoint.write(str(self.run_dir / runs.CHECKPOINTS / f"epoch-{epoch + 1}"))
         previous = self.state.get("checkpoint")
         self.state.update(epoch=epoch + 1, checkpoint=os.path.relpath(prefix, self.run_dir),
                           best_val_volume_dsc=self.best.best, best_epoch=self.best.best_epoch,
@@ -171,9 +172,9 @@ class ResumeState(keras.callbacks.Callback):
         record = {k: float(v) for k, v in logs.items()}
         record.update(train_seconds=self.state["train_seconds"], images_seen=(epoch + 1) * self.images_per_epoch)
         self.state.setdefault("history", []).append(record)
-        write_json_atomic(self.run_dir / "state.json", self.state)
+        write_json_atomic(self.run_dir / runs.STATE, self.state)
         if previous:
-            for path in (self.run_dir / "checkpoints").glob(Path(previous).name + ".*"):
+            for path in (self.run_dir / runs.CHECKPOINTS).glob(Path(previous).name + ".*"):
                 path.unlink(missing_ok=True)
 
 
@@ -191,7 +192,7 @@ def remove_unfinished_writes(run_dir: Path, state: dict) -> list[Path]:
     removed = remove_dead_temporaries(run_dir)
     leftovers = [run_dir / ".best-tmp.keras", run_dir / ".history.csv.tmp"]
     current = Path(state["checkpoint"]).name if state.get("checkpoint") else None
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / runs.CHECKPOINTS
     if checkpoints.is_dir():
         leftovers += [path for path in checkpoints.iterdir()
                       if "_temp" in path.name or path.name.split(".")[0] != current]
@@ -269,6 +270,52 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class TimeEstimate(keras.callbacks.Callback):
+    """On a machine without a GPU, print the run's estimated training time after its first timed steps.
+
+    README's main command (256 px, 100 epochs, base 32) trains for about a day on a 2-core CPU; a
+    user should learn that in the first minute, not the next morning. The first ``warmup`` steps
+    (graph tracing, the input pipeline filling up) are not timed; the next ``timed`` ones give the
+    seconds per step, times the steps still to train. Validation after each epoch comes on top.
+    A run that is not already on the CPU budget and would take over an hour is pointed to it.
+    """
+
+    CPU_PRESET = "cpu-128"
+    HINT_AFTER_SECONDS = 3600.0
+
+    def __init__(self, steps_per_epoch: int, epochs: int, start_epoch: int = 0, preset: str | None = None,
+                 clock=time.perf_counter, warmup: int = 2, timed: int = 5, write=print):
+        super().__init__()
+        self.steps_per_epoch, self.epochs, self.start_epoch, self.preset = steps_per_epoch, epochs, start_epoch, preset
+        self.clock, self.warmup, self.timed, self.write = clock, warmup, timed, write
+        self.steps_done, self.timing_started, self.estimate = 0, None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.estimate is not None:
+            return
+        self.steps_done += 1
+        if self.steps_done == self.warmup:
+            self.timing_started = self.clock()
+        elif self.steps_done == self.warmup + self.timed:
+            per_step = (self.clock() - self.timing_started) / self.timed
+            remaining = (self.epochs - self.start_epoch) * self.steps_per_epoch - self.steps_done
+            self.estimate = per_step * max(remaining, 0)
+            self.write(self.message(per_step))
+
+    def message(self, per_step: float) -> str:
+        text = (f"\nestimated training time on this machine (no GPU): {_hours(self.estimate)} more for "
+                f"{self.epochs - self.start_epoch} epochs of {self.steps_per_epoch} steps ({per_step:.2f} s per step; "
+                "validation after each epoch comes on top)")
+        if self.preset != self.CPU_PRESET and self.estimate > self.HINT_AFTER_SECONDS:
+            text += (f"\nthe budget made for CPUs is --preset {self.CPU_PRESET} (128 px, 12 epochs; docs/protocol.md); "
+                     "or let this run go on: an interrupted run continues after its last finished epoch with --resume RUN_DIR")
+        return text
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 class EmaSwap:
     """Evaluate with the optimizer's moving average of the weights (``--ema``), train with the raw ones.
 
@@ -342,13 +389,7 @@ def _all_layers(model: keras.Model):
 
 def save_history_csv(path: Path, history: list[dict]) -> None:
     """history.csv from the per-epoch logs (one row per epoch, written atomically)."""
-    import pandas as pd
-
-    frame = pd.DataFrame(history)
-    frame.insert(0, "epoch", range(1, len(frame) + 1))
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv_atomic(path, [{"epoch": epoch, **logs} for epoch, logs in enumerate(history, 1)])
 
 
 def write_metrics(path: Path, metrics: dict) -> None:

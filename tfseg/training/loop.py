@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tfseg.errors import TfsegError
 from tfseg.data.kaggle import DataError
 from tfseg.data.pack import pack
 from tfseg.data.pipeline import distributed_training_dataset, load_slices, training_dataset
@@ -26,6 +27,7 @@ from tfseg.data.split import split_patients
 from tfseg.losses import get_loss
 from tfseg.metrics import DiceCoefficient
 from tfseg.models import build_model, deep_supervision_weights, inference_model
+from tfseg import runs
 from tfseg.training import callbacks as cb
 from tfseg.training.augment import Augment
 from tfseg.training.config import TrainConfig
@@ -36,7 +38,7 @@ from tfseg.training.schedules import PlannedSchedule
 from tfseg.training.trainer import AugmentedTrainer
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TfsegError, RuntimeError):
     """A run could not complete (e.g. a non-finite loss); the message says what was kept."""
 
 
@@ -93,12 +95,12 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
     chief = is_chief(strategy)
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.json").is_file():
+        if not (run_dir / runs.CONFIG).is_file():
             shared = "" if chief else " Every worker must see the chief's run folder (a shared filesystem) to resume."
             raise DataError(f"--resume {run_dir}: no config.json there; give the folder of an earlier run.{shared}")
-        stored = json.loads((run_dir / "config.json").read_text())["config"]
+        stored = runs.read_config_file(run_dir)["config"]
         config = TrainConfig.from_dict({**stored, **(overrides or {})})
-        state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
+        state = json.loads((run_dir / runs.STATE).read_text()) if (run_dir / runs.STATE).is_file() else {}
         if overrides and ("epochs" in overrides or "time_budget_minutes" in overrides):
             # Training a run longer (or on a new budget) plans its schedule and stop anew.
             state.pop("planned_epochs", None)
@@ -171,7 +173,7 @@ def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict,
     clock = lambda: elapsed_before + time.perf_counter() - fit_started  # noqa: E731
     infer = inference_model(net)
     validation = cb.VolumeValidation(infer, val_table, loss, config.batch_size, context=config.context)
-    best = cb.BestModel(out / "best.keras", infer, validation, state)
+    best = cb.BestModel(out / runs.BEST_MODEL, infer, validation, state)
     guard = cb.NonFiniteGuard()
     budget = cb.TimeBudget(config.time_budget_minutes, clock, state, schedule, steps)
     ema_in, ema_out = (cb.EmaSwap(net, optimizer, _calibration_images(train_table, config)).callbacks()
@@ -180,10 +182,12 @@ def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict,
     # Order matters: the EMA weights are in place for validation and best.keras, the raw ones
     # are back before the checkpoint; the budget plans before the state is written.
     callbacks = [watch_in, ema_in, validation,
-                 cb.TensorBoardExtras(out / "tensorboard", validation, _hparams(config, precision),
+                 cb.TensorBoardExtras(out / runs.TENSORBOARD, validation, _hparams(config, precision),
                                       config.image_every),
                  best, ema_out, budget, cb.ResumeState(out, checkpoint, state, best, clock, steps * config.batch_size),
-                 guard, keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+                 guard, keras.callbacks.TensorBoard(str(out / runs.TENSORBOARD), write_graph=False, profile_batch=0),
+                 cb.TimeEstimate(steps, epochs, start_epoch, config.preset) if not tf.config.list_logical_devices("GPU")
+                 else None,
                  watch_out]
     callbacks = [c for c in callbacks if c is not None]
     if config.schedule == "plateau":
@@ -195,8 +199,10 @@ def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict,
         print(f"{run_dir} already finished {start_epoch} epochs")
     else:
         try:
+            # shuffle=False: the tf.data stream is already drawn by the protocol's sampler; Keras's
+            # default (True) cannot shuffle a dataset and only prints a warning at every run.
             trainer.fit(train_ds, epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=_verbosity())
+                        callbacks=callbacks, verbose=_verbosity(), shuffle=False)
         except tf.errors.OpError as err:
             if watch_in is None:
                 raise
@@ -207,7 +213,7 @@ def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict,
                             f"and best.keras are kept in {run_dir}. Try a lower --lr or --precision float32, "
                             f"then --resume {run_dir}.")
     metrics = _final_metrics(out, config, state, steps, precision, budget.stopped)
-    if export and (run_dir / "best.keras").is_file():
+    if export and (run_dir / runs.BEST_MODEL).is_file():
         from tfseg.export import export_run
 
         export_run(run_dir)
@@ -219,7 +225,7 @@ def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict,
 EMA_CALIBRATION_BATCHES = 16
 
 
-def _calibration_images(table, config: TrainConfig) -> "np.ndarray":
+def _calibration_images(table, config: TrainConfig):
     """A fixed sample of (unaugmented) training inputs: the first batches of the training stream."""
     import numpy as np
 
@@ -269,7 +275,7 @@ def _write_config(run_dir: Path, config: TrainConfig, precision: str, strategy, 
                "split": {"training": list(train_names), "validation": list(val_names)},
                "strategy": json.loads(describe(strategy)), "machine": machine_info(), "code": code_version(),
                "command": "python train.py " + _flags(config), "created": datetime.now().isoformat(timespec="seconds")}
-    write_json_atomic(run_dir / "config.json", payload)
+    write_json_atomic(run_dir / runs.CONFIG, payload)
 
 
 def _flags(config: TrainConfig) -> str:
@@ -288,7 +294,7 @@ def _flags(config: TrainConfig) -> str:
 def _final_metrics(run_dir: Path, config: TrainConfig, state: dict, steps: int, precision: str,
                    budget_stopped: bool) -> dict:
     history = state.get("history", [])
-    cb.save_history_csv(run_dir / "history.csv", history)
+    cb.save_history_csv(run_dir / runs.HISTORY, history)
     epochs_done = int(state.get("epoch", 0))
     train_seconds = float(state.get("train_seconds", 0.0))
     images = epochs_done * steps * config.batch_size
@@ -311,5 +317,5 @@ def _final_metrics(run_dir: Path, config: TrainConfig, state: dict, steps: int, 
         "stopped_by_time_budget": budget_stopped,
         "arch": config.arch, "loss": config.loss, "image_size": config.image_size,
     }
-    cb.write_metrics(run_dir / "metrics.json", metrics)
+    cb.write_metrics(run_dir / runs.METRICS, metrics)
     return metrics

@@ -8,6 +8,8 @@ import platform
 import keras
 import tensorflow as tf
 
+from tfseg.errors import TfsegError
+
 
 def cpu_flags() -> set[str]:
     try:
@@ -64,7 +66,7 @@ FIRST_STEP_EXTRA_SECONDS = 300.0
 _MULTI_WORKER: tf.distribute.Strategy | None = None  # TensorFlow allows one per process
 
 
-class ClusterError(RuntimeError):
+class ClusterError(TfsegError, RuntimeError):
     """TF_CONFIG is unusable, or a worker of the cluster is missing or died."""
 
 
@@ -157,9 +159,11 @@ class Watchdog:
         import sys
 
         self.seconds, self.stage = seconds, stage
-        self.child = subprocess.Popen([sys.executable, "-m", "tfseg.training.watchdog", str(os.getpid()),
-                                       json.dumps(spec)], stdin=subprocess.PIPE, text=True,
-                                      cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        # Run as a script, not `-m tfseg.training.watchdog`: importing the tfseg package loads TensorFlow
+        # (it registers tfseg's Keras objects), and the watchdog must start in a moment and hold no TF.
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.py")
+        self.child = subprocess.Popen([sys.executable, script, str(os.getpid()), json.dumps(spec)],
+                                      stdin=subprocess.PIPE, text=True)
 
     def _send(self, line: str) -> None:
         try:

@@ -1,6 +1,6 @@
 """Learning-rate schedules planned over the steps a run will actually take.
 
-A run's budget is counted in epochs (PROTOCOL.md cpu-128: 12 epochs), so every
+A run's budget is counted in epochs (docs/protocol.md cpu-128: 12 epochs), so every
 schedule is planned over ``epochs × steps_per_epoch`` steps and reaches its end
 value at the last step: a cosine ends at its floor, not part-way down. When a
 run is limited by wall time instead (``--time-budget-minutes``), the number of

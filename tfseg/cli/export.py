@@ -1,0 +1,37 @@
+"""`tfseg export`: a run's best.keras (or an ensemble of models) as a SavedModel for serving."""
+from __future__ import annotations
+
+from tfseg.cli.common import new_parser, run_command
+
+HELP = "export RUN_DIR/best.keras, or several models as one ensemble, as a SavedModel for serving"
+
+
+def build_parser(prog: str = "python -m tfseg.export"):
+    parser = new_parser(prog, "Export RUN_DIR/best.keras as a SavedModel in RUN_DIR/export, or several models as "
+                        "one ensemble SavedModel that averages their probabilities (--ensemble ... --out DIR).")
+    parser.add_argument("run_dir", nargs="?", help="a training run folder (holds best.keras)")
+    parser.add_argument("--ensemble", nargs="+", metavar="MODEL", help="training run folders or .keras files to "
+                        "export as one SavedModel (the mean of their probabilities); they must take the same "
+                        "image size; needs --out")
+    parser.add_argument("--out", default=None, help="SavedModel folder to write (default: RUN_DIR/export; "
+                        "required with --ensemble)")
+    return parser
+
+
+def main(argv=None, prog: str = "python -m tfseg.export") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if (args.run_dir is None) == (args.ensemble is None):
+        parser.error("give either RUN_DIR or --ensemble MODEL MODEL ...")
+    if args.ensemble and args.out is None:
+        parser.error("--ensemble needs --out DIR: the ensemble belongs to no single run folder")
+
+    def action():
+        from tfseg.export import export_ensemble, export_run
+
+        if args.ensemble:
+            export_ensemble(args.ensemble, args.out)
+        else:
+            export_run(args.run_dir, args.out)
+
+    return run_command(action, also=(FileNotFoundError, ValueError))
