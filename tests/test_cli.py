@@ -74,6 +74,13 @@ def test_importing_tfseg_prints_no_tensorflow_notice():
     assert not [notice for notice in TF_NOTICES if notice in done.stderr], done.stderr
 
 
+def test_a_child_process_that_inherits_tfsegs_log_level_is_quiet_too():
+    # pack's workers and a cluster's workers inherit the variable tfseg set in their parent
+    done = run_python("import tfseg, tensorflow as tf; tf.constant(1) + 1",
+                      **{startup.LOG_LEVEL_VARIABLE: "2", startup.CHOSEN_BY_TFSEG: "1"})
+    assert done.returncode == 0 and not [n for n in TF_NOTICES if n in done.stderr], done.stderr
+
+
 def test_a_user_who_sets_the_log_level_gets_tensorflow_output_untouched():
     done = run_python("import tfseg, tensorflow as tf; tf.config.list_physical_devices()",
                       **{startup.LOG_LEVEL_VARIABLE: "0"})

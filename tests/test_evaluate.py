@@ -258,7 +258,7 @@ def _run_without_model(tmp_path):
 
 @pytest.mark.parametrize("make_path, message", [
     (lambda tmp: tmp / "nowhere", "does not exist"),
-    (_corrupt_keras, "cannot load the Keras model"),
+    (_corrupt_keras, "is damaged: not a complete .keras archive"),
     (_corrupt_saved_model, "cannot load the SavedModel"),
     (_run_without_model, "holds no best.keras"),
     (_not_a_model, "neither a SavedModel"),

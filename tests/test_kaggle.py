@@ -178,3 +178,13 @@ def test_a_patient_named_twice_is_an_error(phantom_dir):
     first = sorted(p.name for p in phantom_dir.iterdir() if p.is_dir())[0]
     with pytest.raises(DataError, match=f"more than once: \\['{first}'\\]"):
         read_kaggle_folder(phantom_dir, [first, first])
+
+
+def test_the_kaggle_archive_root_is_refused_naming_the_kaggle_3m_folder_to_pass(phantom_dir, tmp_path):
+    archive = tmp_path / "archive"  # the download: kaggle_3m/ and lgg-mri-segmentation/kaggle_3m/
+    shutil.copytree(phantom_dir, archive / "kaggle_3m")
+    shutil.copytree(phantom_dir, archive / "lgg-mri-segmentation" / "kaggle_3m")
+    with pytest.raises(DataError, match=f"is the downloaded Kaggle archive.*pass --data {archive / 'kaggle_3m'} "
+                                        r"\(the archive holds kaggle_3m 2 times"):
+        scan_folder(archive)
+    assert len(scan_folder(archive / "kaggle_3m")) == len(scan_folder(phantom_dir))

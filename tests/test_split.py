@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tfseg.data.split import split_patients
+from tfseg.data.split import split_patients, validation_of_run
 
 # docs/protocol.md's 10 validation patients.
 PROTOCOL_VALIDATION = {
@@ -99,3 +99,20 @@ def test_stratified_folds_partition_the_patients_and_share_out_each_label():
     for fold in folds:
         assert sum(not has_tumour[n] for n in fold) in (1, 2)
     assert folds == [split_patients(names, fold=k, folds=5, strata=has_tumour)[1] for k in range(5)]
+
+
+def test_a_runs_recorded_validation_patients_are_its_split():
+    names = [f"P{i:03d}" for i in range(20)]
+    config_file = {"split": {"validation": ["P001", "P007"]}, "config": {"val_cases": 10}}
+    assert validation_of_run(config_file, names) == (["P001", "P007"], "run config split")
+
+
+def test_an_old_run_without_a_recorded_split_gets_the_training_policy():
+    names = [f"P{i:03d}" for i in range(20)]
+    validation, source = validation_of_run({"config": {"val_cases": 3}}, names)
+    assert validation == split_patients(names, 3)[1] and source == "run config (recomputed)"
+
+
+def test_an_old_cross_validation_fold_without_a_recorded_split_is_an_error_saying_what_to_do():
+    with pytest.raises(ValueError, match="retrain the fold, or name the patients with --patients"):
+        validation_of_run({"config": {"fold": 1, "folds": 5, "val_cases": 10}}, [f"P{i}" for i in range(20)])

@@ -25,7 +25,6 @@ median 85% per-volume DSC from its 22-fold cross-validation.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import os
@@ -35,7 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from tfseg.data.kaggle import DataError, read_patient, scan_folder, select_patients
-from tfseg.fileio import atomic_path, write_json_atomic
+from tfseg.data.split import validation_of_run
+from tfseg.runs import CONFIG, METRICS, PER_PATIENT, STATE, SUMMARY
+from tfseg.fileio import atomic_path, write_csv_atomic, write_json_atomic
 
 FOLD_DIR = "fold-{}"
 
@@ -52,9 +53,9 @@ def train_folds(config, folds: int, out: Path) -> list[Path]:
     for fold in range(folds):
         run = fold_dir(out, fold)
         runs.append(run)
-        if (run / "metrics.json").is_file():
+        if (run / METRICS).is_file():
             print(f"fold {fold}: finished earlier ({run}), not trained again")
-        elif (run / "state.json").is_file():
+        elif (run / STATE).is_file():
             print(f"fold {fold}: resuming {run}")
             train(config, resume=run, export=False)
         else:
@@ -79,10 +80,10 @@ def predict_out_of_fold(runs: list[Path], data: Path, out: Path, tta: bool = Fal
     rows = []
     for fold, run in enumerate(runs):
         loaded = load_model(run)
-        names = (loaded.run_config or {}).get("split", {}).get("validation")
-        if not names:
-            raise DataError(f"{run / 'config.json'} records no validation patients; retrain the fold "
-                            f"(delete {run}) with this version of tfseg")
+        try:
+            names, _ = validation_of_run(loaded.run_config or {}, [f.patient for f in scanned])
+        except ValueError as err:
+            raise DataError(f"{run / CONFIG}: {err}") from err
         options = EvalOptions(tta=tta, context=loaded.context, uncertainty=uncertainty)
         for files in select_patients(scanned, names):
             result = evaluate_patient(read_patient(files), loaded.predict, loaded.image_size, options)
@@ -122,11 +123,8 @@ def summarize_cv(rows: list[dict], folds: int) -> dict:
 def write_outputs(rows: list[dict], summary: dict, out: Path) -> None:
     from tfseg.visualize import dsc_bar_charts, save_figure
 
-    with atomic_path(out / "per_patient.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    write_json_atomic(out / "summary.json", summary)
+    write_csv_atomic(out / PER_PATIENT, rows)
+    write_json_atomic(out / SUMMARY, summary)
     panels = {f"out-of-fold DSC, {name} (mean {summary[key]['mean']:.3f})":
               {row["patient"]: row[f"dsc_{key}"] for row in rows}
               for key, name in (("pre", "preprocessed"), ("native", "native 256x256"))}

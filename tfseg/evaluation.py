@@ -37,10 +37,9 @@ montage a row of maps under the overlays).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -54,8 +53,9 @@ import tfseg
 from tfseg.data.kaggle import DataError, PatientFiles, PatientVolume, read_patient, scan_folder, select_patients
 from tfseg.data.preprocess import invert_volume, preprocess_volume
 from tfseg.data.records import MANIFEST
-from tfseg.fileio import atomic_path, write_json_atomic
-from tfseg.data.split import split_patients
+from tfseg import runs
+from tfseg.fileio import write_csv_atomic, write_json_atomic
+from tfseg.data.split import validation_of_run
 from tfseg.inference import (EnsembleError, LoadedModel, PredictFn, as_sources, load_model, mean_of_views,
                              predict_views, views_description)
 from tfseg.inference import ModelLoadError  # noqa: F401  (re-exported: old imports and `except` clauses still work)
@@ -141,7 +141,7 @@ def choose_patients(scanned: list[PatientFiles], patients: list[str] | None,
 
     ``patients``: ["all"], explicit names, or None for the validation patients of the
     run's split: the ``split.validation`` names train() wrote into config.json (runs from
-    before that field existed: split_patients recomputed with the run's val_cases / fold / folds).
+    before that field existed: the training policy, tfseg.data.split.validation_of_run).
     """
     if patients == ["all"]:
         return scanned, {"source": "--patients all"}
@@ -150,22 +150,20 @@ def choose_patients(scanned: list[PatientFiles], patients: list[str] | None,
     if run_config is None:
         raise DataError("the model is not inside a training run (no config.json beside it), so its validation "
                         "split is unknown: pass --patients all or --patients NAME...")
-    recorded = (run_config.get("split") or {}).get("validation")
-    if recorded:
+    names = [f.patient for f in scanned]
+    try:
+        validation, source = validation_of_run(run_config, names)
+    except ValueError as err:
+        raise DataError(f"cannot tell the run's validation patients among the {len(names)} patients found: {err}") from err
+    if source == "run config split":
         try:
-            return select_patients(scanned, list(recorded)), {"source": "run config split",
-                                                               "validation": list(recorded)}
+            return select_patients(scanned, validation), {"source": source, "validation": validation}
         except DataError as err:
             raise DataError(f"the run's validation patients are not all in the data folder ({err}); pass the "
                             "kaggle_3m folder the run was trained on with --data") from err
     config = run_config.get("config", {})
-    split = {k: config.get(k) for k in ("val_cases", "fold", "folds")}
-    names = [f.patient for f in scanned]
-    try:
-        _, validation = split_patients(names, split["val_cases"] or 10, split["fold"], split["folds"])
-    except ValueError as err:
-        raise DataError(f"cannot reproduce the run's split over the {len(names)} patients found: {err}") from err
-    return select_patients(scanned, validation), {"source": "run config (recomputed)", **split}
+    return select_patients(scanned, validation), {"source": source,
+                                                  **{k: config.get(k) for k in ("val_cases", "fold", "folds")}}
 
 
 def choose_ensemble_patients(scanned: list[PatientFiles], patients: list[str] | None,
@@ -283,9 +281,9 @@ def evaluate(data: str | Path, predict: PredictFn | Sequence[PredictFn], image_s
                    model=model_info, data=data_fingerprint(files, data), split=split_info or {"source": "caller"},
                    seconds=round(time.perf_counter() - started, 3), command=command,
                    tfseg_version=tfseg.__version__, created=datetime.now().isoformat(timespec="seconds"))
-    write_per_patient_csv(out / "per_patient.csv", results)
+    write_per_patient_csv(out / runs.PER_PATIENT, results)
     write_dsc_chart(out / "dsc.png", results)
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / runs.SUMMARY, summary)
     return summary
 
 
@@ -309,13 +307,7 @@ def summarize_metrics(metrics: dict[str, VolumeMetrics]) -> dict:
 
 
 def write_per_patient_csv(path: Path, results: list[PatientResult]) -> None:
-    rows = [r.row() for r in results]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_csv_atomic(path, [r.row() for r in results])
 
 
 def write_dsc_chart(path: Path, results: list[PatientResult]) -> None:
@@ -344,6 +336,21 @@ def write_overlays(folder: Path, volume: PatientVolume, prediction: np.ndarray,
     save_png(folder / f"{volume.patient}_montage.png", grid(tiles, columns=len(chosen)))
 
 
+def warn_if_still_training(models: Sequence[LoadedModel]) -> None:
+    """A note for every model whose run is still training: its best.keras is the best epoch *so far*.
+
+    Evaluating a run in progress is useful (how good is it yet?), so it is not refused; the note
+    and summary.json's model entry (its sha256) say which weights were scored.
+    """
+    from tfseg.runlock import describe_holder, live_holder
+
+    for model in models:
+        holder = live_holder(model.run_dir) if model.run_dir is not None else None
+        if holder:
+            print(f"note: {model.run_dir} is still training ({describe_holder(holder)}); evaluating the weights "
+                  f"{model.path.name} holds now, the best epoch so far", file=sys.stderr)
+
+
 def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | None = None,
                    out: str | Path | None = None, patients: list[str] | None = None,
                    options: EvalOptions = EvalOptions(), *, overlays: bool = True, progress: bool = True,
@@ -362,13 +369,14 @@ def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | 
         # a first member would overwrite each other.
         raise EnsembleError(f"an ensemble of {len(paths)} models needs an output folder: pass --out DIR")
     loaded = load_model(paths)
+    warn_if_still_training(loaded.members or [loaded])
     options = replace(options, context=loaded.context)
     # An ensemble's members go in one by one (their mean is the prediction) so --uncertainty can compare them.
     predict = loaded.sources
     if out is None:
         if loaded.run_dir is None:
             raise DataError(f"{paths[0]} is not inside a training run: pass --out DIR")
-        out = loaded.run_dir / "eval"
+        out = loaded.run_dir / runs.EVAL_DIR
     root = resolve_data(data, loaded.run_config)
     if loaded.kind == "ensemble":
         files, split_info = choose_ensemble_patients(scan_folder(root), patients, loaded.members)

@@ -28,7 +28,6 @@ lists the members.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -42,7 +41,8 @@ from tfseg.data.context import stack_context
 from tfseg.data.kaggle import SLICE_SHAPE
 from tfseg.data.preprocess import CONSTANT_INTENSITY, invert_graph, preprocess_graph
 from tfseg.data.protocol import MIN_SLICES
-from tfseg.fileio import write_json_atomic
+from tfseg import runs
+from tfseg.fileio import atomic_directory, write_json_atomic
 from tfseg.inference import EnsembleError, average_models, ensemble_of, load_model
 from tfseg.postprocess import postprocess_graph
 
@@ -73,12 +73,8 @@ def export_saved_model(model: keras.Model, out_dir: str | os.PathLike, slice_bat
     else:
         print(f"note: no segment_volume signature: the model input {model.inputs[0].shape} is not a fixed N×N×3",
               file=sys.stderr)
-    tmp = out_dir.with_name(f".{out_dir.name}-tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(str(tmp), verbose=False)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as tmp:
+        archive.write_out(str(tmp), verbose=False)
     return out_dir
 
 
@@ -149,12 +145,12 @@ def predict_in_batches(model: keras.Model, image, slice_batch: int):
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Export ``RUN_DIR/best.keras`` to ``out`` (default ``RUN_DIR/export``)."""
     run_dir = Path(run_dir)
-    source = run_dir / "best.keras"
+    source = run_dir / runs.BEST_MODEL
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist: {run_dir} is not a finished training run "
                                 "(train with `python train.py --logdir DIR` first)")
     model = load_model(source).network  # ModelLoadError naming the file when it is corrupt
-    out = export_saved_model(model, run_dir / "export" if out is None else out)
+    out = export_saved_model(model, run_dir / runs.EXPORT if out is None else out)
     print(f"exported {source} -> {out}")
     return out
 
@@ -174,7 +170,7 @@ def export_ensemble(models: list[str | os.PathLike], out_dir: str | os.PathLike)
                                 "its run folder or .keras file instead")
     ensemble = ensemble_of(members)  # checks the image sizes, naming the paths
     out = export_saved_model(average_models([m.network for m in members]), out_dir)
-    write_json_atomic(out / "ensemble.json", ensemble.describe())
+    write_json_atomic(out / runs.ENSEMBLE, ensemble.describe())
     print(f"exported the mean of {len(members)} models ({', '.join(str(m.path) for m in members)}) -> {out}")
     return out
 

@@ -9,6 +9,7 @@ process that wrote them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,23 +18,54 @@ from pathlib import Path
 TMP_MARK = ".tmp-"
 
 
-def temporary_name(path: str | os.PathLike) -> Path:
-    """The temporary sibling this process writes ``path`` through: ``.<name>.tmp-<pid>``."""
+def temporary_name(path: str | os.PathLike, keep_suffix: bool = False) -> Path:
+    """The temporary sibling this process writes ``path`` through: ``.<name>.tmp-<pid>``.
+
+    ``keep_suffix``: ``.<stem>.tmp-<pid><suffix>``, for writers that insist on a suffix (Keras saves
+    only to a name ending in ``.keras``).
+    """
     path = Path(path)
+    if keep_suffix:
+        return path.with_name(f".{path.stem}{TMP_MARK}{os.getpid()}{path.suffix}")
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False):
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds, else remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
+    tmp = temporary_name(path, keep_suffix)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC and err.filename != str(path):
+            # Writers (matplotlib, Keras) often say only "No space left on device": name the file.
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike):
+    """:func:`atomic_path` for a folder (a SavedModel): the block fills a temporary folder beside ``path``,
+    which then takes the place of ``path`` (an older ``path`` is removed just before). On failure the
+    temporary folder is removed and ``path`` is left as it was."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -106,8 +138,13 @@ def remove_dead_temporaries(folder: str | os.PathLike, mark: str = TMP_MARK) -> 
     """
     removed = []
     for path in Path(folder).glob(f".*{mark}*"):
-        pid = path.name.rsplit(mark, 1)[1]
+        pid = path.name.rsplit(mark, 1)[1].split(".")[0]  # ".best.tmp-123.keras" keeps its suffix
         if pid.isdigit() and int(pid) != os.getpid() and not process_is_alive(int(pid)):
-            path.unlink(missing_ok=True)
+            if path.is_dir():  # a folder written through atomic_directory
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -168,7 +168,7 @@ def load_radiogenomics(path: str | Path, label: str | None = None) -> Radiogenom
     todo = RADIOGENOMICS_RERUN.format(path=path)
     if not path.is_dir():
         raise StudyFolderError(f"--radiogenomics {path} is not a folder; {todo}")
-    summary = _json_file(path / "summary.json", todo)
+    summary = _json_file(path / SUMMARY, todo)
     tests = _csv_rows(path / "tests.csv", TESTS_COLUMNS, todo)
     primary = _primary_features(tests)
     features = _csv_rows(path / "features.csv", ("patient", *primary), todo)

@@ -39,10 +39,8 @@ drop from clean), ``table.md`` (the same as a Markdown table) and ``figure.png``
 """
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
-import io
 import sys
 import time
 from dataclasses import dataclass
@@ -56,7 +54,8 @@ from scipy import ndimage
 from tfseg.errors import TfsegError
 import tfseg
 from tfseg.data.kaggle import DataError, PatientVolume, read_patient, scan_folder
-from tfseg.fileio import atomic_path, write_json_atomic
+from tfseg import runs
+from tfseg.fileio import atomic_path, write_csv_atomic, write_json_atomic
 from tfseg.metrics import volume_dsc
 
 # kaggle_3m channels (the set's README): 0 pre-contrast, 1 FLAIR, 2 post-contrast.
@@ -317,14 +316,14 @@ def load_served_model(path: str | Path) -> ServedModel:
     path = Path(path)
     if not path.exists():
         raise RobustnessError(f"model path {path} does not exist; give a training run folder or its export/ folder")
-    if not (path / "saved_model.pb").is_file():
-        if not (path / "config.json").is_file():
+    if not (path / runs.SAVED_MODEL).is_file():
+        if not (path / runs.CONFIG).is_file():
             raise RobustnessError(f"{path} is neither a SavedModel folder (no saved_model.pb) nor a training run "
                                   "folder (no config.json)")
-        if not (path / "export" / "saved_model.pb").is_file():
+        if not (path / runs.EXPORT / runs.SAVED_MODEL).is_file():
             raise RobustnessError(f"run folder {path} has no export/ (SavedModel): export it first with "
                                   f"`python -m tfseg.export {path}`")
-        path = path / "export"
+        path = path / runs.EXPORT
     try:
         model = load_model(path)
         segment = model.segmenter()
@@ -372,7 +371,7 @@ def run_robustness(data: str | Path, segment: Segmenter, out: str | Path, patien
     write_csv(out / "robustness.csv", rows)
     write_table(out / "table.md", summary)
     write_figure(out / "figure.png", summary)
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / runs.SUMMARY, summary)
     return summary
 
 
@@ -391,13 +390,8 @@ CSV_FIELDS = ("patient", "perturbation", "kind", "dsc", "drop", "pred_voxels", "
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({key: row.get(key) for key in CSV_FIELDS} for row in rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    """robustness.csv: one row per patient and perturbation, the columns of CSV_FIELDS."""
+    write_csv_atomic(path, [{key: row.get(key) for key in CSV_FIELDS} for row in rows], list(CSV_FIELDS))
 
 
 def markdown_table(summary: dict) -> str:
@@ -461,7 +455,7 @@ def robustness_of_model(model_path: str | Path, data: str | Path | None = None, 
     if out is None:
         if model.run_dir is None:
             raise RobustnessError(f"{model.path} is not inside a training run: pass --out DIR")
-        out = model.run_dir / "robustness"
+        out = model.run_dir / runs.ROBUSTNESS_DIR
     root = resolve_data(data, model.run_config)
     files, split_info = choose_patients(scan_folder(root), patients, model.run_config)
     summary = run_robustness(root, model.segment, out, [f.patient for f in files], perturbations, seed,

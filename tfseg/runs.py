@@ -30,10 +30,13 @@ HISTORY = "history.csv"     # one row per epoch
 STATE = "state.json"        # resume state (epoch, checkpoint, plan)
 BEST_MODEL = "best.keras"   # the best epoch's inference model
 EXPORT = "export"           # the SavedModel for serving
+SAVED_MODEL = "saved_model.pb"  # what makes a folder a SavedModel
+ENSEMBLE = "ensemble.json"  # an ensemble export's members
 EVAL_DIR = "eval"           # evaluate.py's output: summary.json, per_patient.csv, overlays/
 ROBUSTNESS_DIR = "robustness"  # tfseg robustness's output (robustness.csv, summary.json, table.md, figure.png)
 TENSORBOARD = "tensorboard"  # TensorBoard event files (scalars, overlays, hyper-parameters)
 CHECKPOINTS = "checkpoints"  # the last finished epoch's checkpoint, named epoch-<n>
+LOCK = "run.lock"           # the process training into the folder (tfseg.runlock), while it runs
 SUMMARY = "summary.json"
 PER_PATIENT = "per_patient.csv"
 
@@ -95,6 +98,26 @@ def read_config_file(run_dir: str | Path) -> dict:
 
 class RunFolderError(TfsegError, ValueError):
     """A path given as a run is not a training run folder (or a file is unreadable); the message names it."""
+
+
+def read_run_json(path: str | Path, todo: str) -> dict:
+    """A JSON file of a run folder; RunFolderError naming it, what is wrong and ``todo`` when it is damaged.
+
+    A damaged file (truncated by a full disk or a killed copy, or not a JSON object) is never
+    rewritten here: the message says it is left as it is.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunFolderError(f"{path} is damaged: not complete JSON ({err}; {path.stat().st_size} bytes). "
+                             f"It is left as it is; {todo}") from err
+    except OSError as err:
+        raise RunFolderError(f"{path} cannot be read ({err.strerror or err}); {todo}") from err
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{path} is damaged: a JSON {type(value).__name__}, not an object. It is left as it is; "
+                             f"{todo}")
+    return value
 
 
 @dataclass

@@ -17,6 +17,9 @@ import sys
 import tempfile
 
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
+# Set beside the log level when tfseg chose it, so that child processes (pack's workers, a cluster's
+# workers) inherit "tfseg's choice", not "the user's", and quiet their own start-up too.
+CHOSEN_BY_TFSEG = "TFSEG_CHOSE_TF_LOG_LEVEL"
 
 # Substrings of the start-up lines that say nothing a user must act on.
 NOTICES = (
@@ -45,9 +48,11 @@ def without_notices(text: str) -> str:
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow and enumerate its devices with the start-up notices filtered out (see the module)."""
-    if LOG_LEVEL_VARIABLE in os.environ or "tensorflow" in sys.modules:
+    user_chose = LOG_LEVEL_VARIABLE in os.environ and os.environ.get(CHOSEN_BY_TFSEG) != "1"
+    if user_chose or "tensorflow" in sys.modules:
         return  # the user chose a log level, or TensorFlow already started (its notices are printed)
-    os.environ[LOG_LEVEL_VARIABLE] = "2"  # Python-side INFO and WARNING logs of TensorFlow's C++ core
+    os.environ[LOG_LEVEL_VARIABLE] = "2"  # INFO and WARNING logs of TensorFlow's C++ core, once it reads it
+    os.environ[CHOSEN_BY_TFSEG] = "1"
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

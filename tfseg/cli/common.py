@@ -5,7 +5,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from tfseg.errors import TfsegError
+from tfseg.errors import TfsegError, disk_full_message, is_disk_full
 
 USAGE_ERROR = 2  # argparse's own exit code for a bad command line; tfseg uses it for every expected error
 
@@ -19,6 +19,11 @@ def run_command(action: Callable[[], int | None], also: tuple[type[BaseException
         code = action()
     except (TfsegError, *also) as err:
         print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as err:
+        if not is_disk_full(err):
+            raise  # a bug: keep its traceback
+        print(f"error: {disk_full_message(err)}", file=sys.stderr)
         return USAGE_ERROR
     return 0 if code is None else code
 

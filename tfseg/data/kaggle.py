@@ -75,7 +75,22 @@ def scan_folder(root: str | os.PathLike) -> list[PatientFiles]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"data folder {root} holds no patient folders. {KAGGLE_HELP}")
+    inner = archive_data_folders(root)
+    if inner:
+        raise DataError(f"{root} is the downloaded Kaggle archive, not its kaggle_3m folder: pass --data {inner[0]}"
+                        + (f" (the archive holds kaggle_3m {len(inner)} times, the same files each time: "
+                           f"{', '.join(str(p) for p in inner)})" if len(inner) > 1 else ""))
     return [_scan_patient(folder) for folder in folders]
+
+
+ARCHIVE_FOLDER = "kaggle_3m"
+ARCHIVE_NESTED = "lgg-mri-segmentation"  # the Kaggle download holds kaggle_3m again under this folder
+
+
+def archive_data_folders(root: Path) -> list[Path]:
+    """The kaggle_3m folders inside ``root`` when ``root`` is the Kaggle archive (itself, then nested), else []."""
+    candidates = [root / ARCHIVE_FOLDER, root / ARCHIVE_NESTED / ARCHIVE_FOLDER]
+    return [path for path in candidates if path.is_dir()]
 
 
 def _scan_patient(folder: Path) -> PatientFiles:

@@ -69,3 +69,25 @@ def _kfold(names: list[str], fold: int, folds: int, seed: int,
             order += group
     val = set(order[fold::folds])
     return [n for n in names if n not in val], sorted(val)
+
+
+def validation_of_run(config_file: dict, patients) -> tuple[list[str], str]:
+    """The validation patients of a trained run: (names, how they were found). One policy for every reader.
+
+    ``config_file`` is the run's config.json as written (``split``, ``config``). The names
+    ``train()`` recorded in ``split.validation`` are the answer. A run from before that field
+    existed gets the training policy recomputed over ``patients`` (the reference rule with its
+    ``val_cases``), except a cross-validation fold: its folds were stratified by the packed
+    manifest's tumour counts, which an evaluation does not have, so that is a ValueError saying
+    what to do rather than a different split.
+    """
+    recorded = (config_file.get("split") or {}).get("validation")
+    if recorded:
+        return list(recorded), "run config split"
+    config = config_file.get("config", {})
+    if config.get("folds") is not None:
+        raise ValueError(f"the run is fold {config.get('fold')} of {config['folds']} but its config.json records no "
+                         "validation patients (a run from an older tfseg); its stratified folds cannot be "
+                         "recomputed here: retrain the fold, or name the patients with --patients")
+    _, validation = split_patients(patients, config.get("val_cases") or DEFAULT_VAL_CASES)
+    return validation, "run config (recomputed)"

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tfseg import runs
 from tfseg.fileio import sha256_file, sha256_files
 from tfseg.inference.ensemble import ensemble_of
 from tfseg.inference.model import LoadedModel, ModelLoadError, find_signature
@@ -41,13 +42,13 @@ def _load_one(path: Path, image_size: int | None) -> LoadedModel:
     if not path.exists():
         raise ModelLoadError(f"model path {path} does not exist; give a training run folder (holding best.keras), "
                              "its export/ folder (a SavedModel) or a .keras file")
-    if path.is_dir() and (path / "saved_model.pb").is_file():
+    if path.is_dir() and (path / runs.SAVED_MODEL).is_file():
         return _load_saved_model(path, owning_run(path), image_size)
-    if path.is_dir() and ((path / "best.keras").exists() or (path / "config.json").is_file()):
-        if not (path / "best.keras").is_file():
+    if path.is_dir() and ((path / runs.BEST_MODEL).exists() or (path / runs.CONFIG).is_file()):
+        if not (path / runs.BEST_MODEL).is_file():
             raise ModelLoadError(f"run folder {path} holds no best.keras: training has not saved a model yet "
                                  "(it is written after the first validated epoch)")
-        return _load_keras(path / "best.keras", path, image_size)
+        return _load_keras(path / runs.BEST_MODEL, path, image_size)
     if path.is_file() and path.suffix == ".keras":
         return _load_keras(path, owning_run(path), image_size)
     raise ModelLoadError(f"model path {path} is neither a SavedModel folder (no saved_model.pb), a run folder "
@@ -89,8 +90,12 @@ def _load_keras(path: Path, run_dir: Path | None, image_size: int | None) -> Loa
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # keras raises many types (zipfile, ValueError, OSError) for a bad file
-        raise ModelLoadError(f"{path}: cannot load the Keras model ({type(err).__name__}: {err}); the file is "
-                             "corrupt or not a .keras archive: use the run's best.keras or retrain") from err
+        import zipfile
+
+        what = (f"is damaged: not a complete .keras archive ({path.stat().st_size} bytes; a truncated copy?)"
+                if not zipfile.is_zipfile(path) else f"cannot be read as a Keras model ({type(err).__name__}: {err})")
+        raise ModelLoadError(f"{path} {what}. It is left as it is; copy it again from where it came from, or "
+                             "use the run's export/ (a SavedModel), or retrain") from err
     run_config = read_run_config(run_dir)
     size = _image_size(tuple(model.inputs[0].shape), path, run_config, image_size)
 
@@ -142,5 +147,5 @@ def _load_saved_model(path: Path, run_dir: Path | None, image_size: int | None) 
 
 def saved_model_sha256(folder: Path) -> str:
     """SHA-256 over saved_model.pb and every file under variables/ (relative names and contents)."""
-    files = [folder / "saved_model.pb"] + sorted(p for p in (folder / "variables").rglob("*") if p.is_file())
+    files = [folder / runs.SAVED_MODEL] + sorted(p for p in (folder / "variables").rglob("*") if p.is_file())
     return sha256_files(folder, files)

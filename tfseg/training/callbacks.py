@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfseg import runs
 from tfseg.data.pipeline import SliceTable, validation_dataset
-from tfseg.fileio import remove_dead_temporaries, write_csv_atomic, write_json_atomic
+from tfseg.fileio import atomic_path, remove_dead_temporaries, write_csv_atomic, write_json_atomic
 from tfseg.metrics import score_slices
 from tfseg.postprocess import THRESHOLD
 from tfseg.visualize import FLAIR_CHANNEL, dsc_bar_chart, figure_to_array, grid, overlay
@@ -133,9 +133,8 @@ class BestModel(keras.callbacks.Callback):
             self.best, self.best_epoch = value, epoch + 1
             self.best_median = logs["val_volume_dsc_median"]
             self.best_per_patient = dict(self.validation.last_dsc)
-            tmp = self.path.with_name(f".{self.path.stem}-tmp.keras")
-            self.net.save(tmp)
-            os.replace(tmp, self.path)
+            with atomic_path(self.path, keep_suffix=True) as tmp:  # Keras saves only to a name ending in .keras
+                self.net.save(tmp)
 
 
 def weights_are_finite(net: keras.Model) -> bool:
@@ -313,6 +312,8 @@ class TimeEstimate(keras.callbacks.Callback):
 
 
 def _hours(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 

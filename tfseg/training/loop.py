@@ -5,6 +5,7 @@ continues an interrupted run from its last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,6 +26,7 @@ from tfseg.data.records import MANIFEST, read_manifest
 from tfseg.fileio import write_json_atomic
 from tfseg.data.split import split_patients
 from tfseg.losses import get_loss
+from tfseg.runlock import hold_run
 from tfseg.metrics import DiceCoefficient
 from tfseg.models import build_model, deep_supervision_weights, inference_model
 from tfseg import runs
@@ -93,26 +95,47 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
     # First of all: MultiWorkerMirroredStrategy must be created before TensorFlow's context starts.
     strategy = choose_strategy()
     chief = is_chief(strategy)
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / runs.CONFIG).is_file():
-            shared = "" if chief else " Every worker must see the chief's run folder (a shared filesystem) to resume."
-            raise DataError(f"--resume {run_dir}: no config.json there; give the folder of an earlier run.{shared}")
-        stored = runs.read_config_file(run_dir)["config"]
-        config = TrainConfig.from_dict({**stored, **(overrides or {})})
-        state = json.loads((run_dir / runs.STATE).read_text()) if (run_dir / runs.STATE).is_file() else {}
-        if overrides and ("epochs" in overrides or "time_budget_minutes" in overrides):
-            # Training a run longer (or on a new budget) plans its schedule and stop anew.
-            state.pop("planned_epochs", None)
-            state.pop("stopped_by_time_budget", None)
-    else:
-        run_dir, state = new_run_dir(config), {}
-    out = run_dir if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-"))
-    try:
-        return _train(config, strategy, run_dir, out, state, export and chief)
-    finally:
-        if not chief:
-            shutil.rmtree(out, ignore_errors=True)
+    run_dir = new_run_dir(config) if resume is None else Path(resume)
+    if resume is not None and not (run_dir / runs.CONFIG).is_file():
+        shared = "" if chief else " Every worker must see the chief's run folder (a shared filesystem) to resume."
+        raise DataError(f"--resume {run_dir}: no config.json there; give the folder of an earlier run.{shared}")
+    # One process per run folder, from before its state is read until the export is written.
+    with hold_run(run_dir) if chief else contextlib.nullcontext():
+        state = {}
+        if resume is not None:
+            stored = runs.read_run_json(run_dir / runs.CONFIG, "it holds the run's settings, which --resume cannot "
+                                        "guess: restore it from a copy, or start a new run")
+            if not isinstance(stored.get("config"), dict):
+                raise runs.RunFolderError(f"{run_dir / runs.CONFIG} has no \"config\" settings: it was not written by "
+                                          "train.py; restore it from a copy, or start a new run")
+            config = TrainConfig.from_dict({**stored["config"], **(overrides or {})})
+            state = read_resume_state(run_dir)
+            if overrides and ("epochs" in overrides or "time_budget_minutes" in overrides):
+                # Training a run longer (or on a new budget) plans its schedule and stop anew.
+                state.pop("planned_epochs", None)
+                state.pop("stopped_by_time_budget", None)
+        out = run_dir if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-"))
+        try:
+            return _train(config, strategy, run_dir, out, state, export and chief)
+        finally:
+            if not chief:
+                shutil.rmtree(out, ignore_errors=True)
+
+
+def read_resume_state(run_dir: Path) -> dict:
+    """state.json of a run to resume ({} when training never finished an epoch); an error when it is damaged.
+
+    The checkpoint to resume from is the one state.json names (with its epoch, schedule and
+    history); with state.json damaged no checkpoint can be proved consistent with it, so resume
+    refuses rather than guess, and says which checkpoints are there.
+    """
+    path = run_dir / runs.STATE
+    if not path.is_file():
+        return {}
+    kept = sorted(p.name.split(".")[0] for p in (run_dir / runs.CHECKPOINTS).glob("epoch-*.index"))
+    return runs.read_run_json(path, "--resume needs it to know the epoch, the learning-rate plan and the history "
+                              f"that go with a checkpoint (kept: {', '.join(kept) or 'none'} in {run_dir / runs.CHECKPOINTS}). "
+                              "Restore state.json from a copy, or start a new run with another --logdir")
 
 
 def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict, export: bool) -> dict:
