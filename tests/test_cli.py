@@ -94,6 +94,19 @@ def test_only_the_known_notices_are_filtered_from_captured_output():
     assert startup.without_notices(captured) == "E0000 some_kernel.cc:1] a real error\n"
 
 
+def test_import_tfseg_is_cheap_and_registers_every_keras_object_whoever_imports_keras_first():
+    done = run_python("""
+        import sys, tfseg
+        print("tensorflow" in sys.modules, "keras" in sys.modules)
+        import tfseg.training.augment  # a tfseg module that imports Keras itself, half-way through its own import
+        import keras
+        names = ("FusedBatchNormalization", "DiceLoss", "DiceCoefficient", "PlannedSchedule", "AugmentedTrainer")
+        print(all(keras.saving.get_registered_object("tfseg>" + name) is not None for name in names))
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True"]
+
+
 def test_import_tfseg_alone_makes_a_best_keras_loadable(tmp_path):
     from tfseg.models import build_model
 

@@ -1,14 +1,13 @@
 """tfseg: TensorFlow/Keras toolkit for FLAIR-abnormality segmentation in brain MRI (LGG, Kaggle kaggle_3m).
 
-Importing the package starts TensorFlow without its C++ start-up notices (tfseg.startup) and
-registers tfseg's Keras objects (tfseg.custom_objects), so ``keras.models.load_model("RUN/best.keras")``
-works after ``import tfseg``. The command line is ``tfseg`` (tfseg.cli).
+``import tfseg`` is cheap (no TensorFlow yet) and arranges two things for when TensorFlow and Keras
+are first imported (tfseg.startup): TensorFlow starts without its C++ start-up notices, and tfseg's
+Keras objects are registered, so ``keras.models.load_model("RUN/best.keras")`` works after
+``import tfseg``. The command line is ``tfseg`` (tfseg.cli).
 """
 
 __version__ = "0.1.0"
 
-from tfseg.startup import import_tensorflow_quietly as _import_tensorflow_quietly  # noqa: E402
+from tfseg import startup as _startup  # noqa: E402
 
-_import_tensorflow_quietly()
-
-from tfseg import custom_objects as _custom_objects  # noqa: E402,F401
+_startup.install()

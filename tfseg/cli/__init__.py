@@ -11,8 +11,19 @@ import sys
 
 import tfseg
 
-# name -> module under tfseg.cli; the order is the order of `tfseg --help`.
-COMMANDS = ("train", "evaluate", "export", "cv", "robustness", "report", "pack", "phantom", "radiogenomics")
+# name (its module under tfseg.cli) -> the line `tfseg --help` shows, in this order. The lines live here, not in
+# the modules, so that `tfseg --help` imports no command (and no TensorFlow).
+COMMANDS = {
+    "train": "train a segmentation network (a run folder with checkpoints, best.keras, TensorBoard, an export)",
+    "evaluate": "per-volume DSC / HD95 of a model or an ensemble, in both geometries, with plots and overlays",
+    "export": "export RUN_DIR/best.keras, or several models as one ensemble, as a SavedModel for serving",
+    "cv": "patient-level K-fold cross-validation over every patient, scored out of fold",
+    "robustness": "DSC of an exported model under missing sequences, intensity changes, noise, blur, rotation, ...",
+    "report": "a Markdown report comparing runs (tables, time to accuracy, seed groups, CV, radiogenomics)",
+    "pack": "pack kaggle_3m into preprocessed TFRecord shards with a manifest (resumable, cached per patient)",
+    "phantom": "write a small synthetic kaggle_3m-shaped folder (for tests and dry runs)",
+    "radiogenomics": "shape features of manual or predicted masks against the genomic subtypes (the dataset's study)",
+}
 PROG = "tfseg"
 
 
@@ -25,7 +36,7 @@ def usage() -> str:
     lines = [f"usage: {PROG} [-h] [--version] COMMAND [ARGS ...]", "",
              "tfseg: train, evaluate, export and compare brain-MRI (LGG FLAIR) segmentation models.", "",
              "commands:"]
-    lines += [f"  {name:<{width}}  {command_module(name).HELP}" for name in COMMANDS]
+    lines += [f"  {name:<{width}}  {line}" for name, line in COMMANDS.items()]
     lines += ["", f"`{PROG} COMMAND --help` shows a command's flags."]
     return "\n".join(lines)
 

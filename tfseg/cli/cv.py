@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from tfseg.cli.common import new_parser, run_command
 
-HELP = "patient-level K-fold cross-validation over every patient, scored out of fold"
 
 # Flags that the command sets per fold itself.
 PER_FOLD_FLAGS = ("--fold", "--logdir", "--resume")

@@ -10,8 +10,6 @@ from tfseg.cli.common import (add_data_argument, add_model_argument, add_out_arg
 from tfseg.evaluation import EvalOptions
 from tfseg.markdown import fixed
 
-HELP = "per-volume DSC / HD95 of a model or an ensemble, in both geometries, with plots and overlays"
-
 
 def build_parser(prog: str = "python evaluate.py"):
     d = EvalOptions()

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from tfseg.cli.common import new_parser, run_command
 
-HELP = "export RUN_DIR/best.keras, or several models as one ensemble, as a SavedModel for serving"
-
 
 def build_parser(prog: str = "python -m tfseg.export"):
     parser = new_parser(prog, "Export RUN_DIR/best.keras as a SavedModel in RUN_DIR/export, or several models as "

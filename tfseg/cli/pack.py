@@ -5,8 +5,6 @@ import sys
 
 from tfseg.cli.common import new_parser, run_command
 
-HELP = "pack kaggle_3m into preprocessed TFRecord shards with a manifest (resumable, cached per patient)"
-
 
 def build_parser(prog: str = "python -m tfseg.data.pack"):
     parser = new_parser(prog, "Pack kaggle_3m into checked, preprocessed TFRecord shards (one per patient) and a "

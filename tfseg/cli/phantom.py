@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from tfseg.cli.common import new_parser, run_command
 
-HELP = "write a small synthetic kaggle_3m-shaped folder (for tests and dry runs)"
-
 
 def build_parser(prog: str = "python -m tfseg.data.phantom"):
     parser = new_parser(prog, "Write a small synthetic kaggle_3m-shaped folder (for tests and dry runs).")

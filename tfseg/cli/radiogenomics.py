@@ -5,8 +5,6 @@ from tfseg.cli.common import new_parser, run_command
 from tfseg.radiogenomics.masks import MANUAL
 from tfseg.radiogenomics.shape import ShapeSettings
 
-HELP = "shape features of manual or predicted masks against the genomic subtypes (the dataset's study)"
-
 
 def build_parser(prog: str = "python -m tfseg.radiogenomics"):
     parser = new_parser(prog, "The study: features of every patient, the exact tests, a figure and a summary, "

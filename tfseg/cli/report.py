@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from tfseg.cli.common import new_parser, run_command
 
-HELP = "a Markdown report comparing runs (tables, time to accuracy, seed groups, CV, radiogenomics)"
-
 
 def build_parser(prog: str = "python -m tfseg.report"):
     from tfseg.report import BASELINE_MARK, DEFAULT_TITLE

@@ -7,8 +7,6 @@ import sys
 from tfseg.cli.common import (add_data_argument, add_model_argument, add_out_argument, add_patients_argument,
                               new_parser, run_command)
 
-HELP = "DSC of an exported model under missing sequences, intensity changes, noise, blur, rotation, ..."
-
 
 def build_parser(prog: str = "python -m tfseg.robustness"):
     from tfseg.robustness import PERTURBATIONS

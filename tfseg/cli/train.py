@@ -8,8 +8,6 @@ from tfseg.cli.common import run_command
 from tfseg.training.augment import AugmentConfig
 from tfseg.training.config import PRESETS, TrainConfig
 
-HELP = "train a segmentation network (a run folder with checkpoints, best.keras, TensorBoard, an export)"
-
 
 def build_parser(prog: str = "python train.py") -> argparse.ArgumentParser:
     from tfseg.losses import LOSSES
