@@ -17,7 +17,8 @@ def build_parser(prog: str = "python evaluate.py"):
                    "kaggle_3m patients, in the preprocessed and the native geometry, with plots and overlays.",
                    defaults_in_help=True)
     add_model_argument(p, several=True, help="a training run folder (uses best.keras and its split), RUN_DIR/export "
-                       "(SavedModel) or a .keras file. Several: an ensemble, scored on the mean of their "
+                       "(SavedModel), a .keras file, or `pretrained` (the model tfseg ships: tfseg/pretrained/MODEL_CARD.md). "
+                       "Several: an ensemble, scored on the mean of their "
                        "probabilities (each after its own --tta) before the threshold and the largest component; "
                        "they must take the same image size (their 2.5-D --context may differ) and need --out")
     add_data_argument(p)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfseg import runs
+from tfseg import pretrained, runs
 from tfseg.fileio import sha256_file, sha256_files
 from tfseg.inference.ensemble import ensemble_of
 from tfseg.inference.model import LoadedModel, ModelLoadError, find_signature
@@ -23,6 +23,8 @@ from tfseg.runs import owning_run, read_config_file
 def load_model(path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
                image_size: int | None = None) -> LoadedModel:
     """Load a SavedModel folder, a ``.keras`` file or a run folder (its best.keras); several: their ensemble.
+
+    ``"pretrained"`` is the model tfseg ships (tfseg/pretrained), loaded after its SHA-256 is checked.
 
     One path (or a list of one) gives that model (kind "keras" or "saved_model"); several
     give one LoadedModel of kind "ensemble" (:func:`~tfseg.inference.ensemble.ensemble_of`).
@@ -39,6 +41,11 @@ def load_model(path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
 
 
 def _load_one(path: Path, image_size: int | None) -> LoadedModel:
+    if str(path) == pretrained.NAME and not path.exists():  # `--model pretrained`: the model tfseg ships
+        try:
+            path = pretrained.resolve()
+        except pretrained.PretrainedError as err:
+            raise ModelLoadError(str(err)) from err
     if not path.exists():
         raise ModelLoadError(f"model path {path} does not exist; give a training run folder (holding best.keras), "
                              "its export/ folder (a SavedModel) or a .keras file")
