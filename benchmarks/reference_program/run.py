@@ -19,8 +19,6 @@ it kept (the best one).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import platform
 import shlex
@@ -29,11 +27,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from a checkout: tfseg is importable without installing
+from tfseg import runs
+from tfseg.fileio import sha256_file, write_csv_atomic, write_json_atomic
 
-from tfseg.fileio import sha256_file, write_json_atomic, write_text_atomic  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SETTINGS = {"image_size": 128, "epochs": 12, "batch_size": 16}
 # The program's own defaults (its train.py), recorded so the report's settings table reads like tfseg's runs.
@@ -149,14 +146,6 @@ def metrics(epochs: list[dict], facts: dict, torch: str | None) -> dict:
             "precision": "float32", "torch": torch, **{k: facts[k] for k in ("cpu", "cpu_bf16")}}
 
 
-def csv_text(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
 def collect(args, command: list[str]) -> Path:
     work = Path(args.workdir) / f"run-{args.run}"
     startup, epochs = read_records(work / "logs" / EPOCH_RECORDS)
@@ -179,12 +168,12 @@ def collect(args, command: list[str]) -> Path:
                     "torch": torch, "platform": platform.platform()},
         "precision_policy": "float32",
     }
-    write_json_atomic(out / "config.json", config)
-    write_json_atomic(out / "metrics.json", metrics(epochs, facts, torch))
-    write_text_atomic(out / "history.csv", csv_text(history_rows(epochs)))
+    write_json_atomic(out / runs.CONFIG, config)
+    write_json_atomic(out / runs.METRICS, metrics(epochs, facts, torch))
+    write_csv_atomic(out / runs.HISTORY, history_rows(epochs))
     best = max(epochs, key=lambda e: (e["val_dsc"], -e["epoch"]))
-    write_text_atomic(out / "per_patient.csv", csv_text([{"patient": p, "dsc_pre": d}
-                                                         for p, d in sorted(best["val_dsc_by_patient"].items())]))
+    write_csv_atomic(out / runs.PER_PATIENT, [{"patient": p, "dsc_pre": d}
+                                               for p, d in sorted(best["val_dsc_by_patient"].items())])
     print(f"{out}: {len(epochs)} of {SETTINGS['epochs']} epochs, best mean DSC {best['val_dsc']:.4f} "
           f"(epoch {best['epoch']}), {sum(e['train_seconds'] for e in epochs) / 60:.1f} min of training")
     return out
