@@ -106,17 +106,11 @@ def torch_version(python: str) -> str | None:
 
 
 def cpu_facts() -> dict:
-    model, flags = platform.processor() or "unknown", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    return {"cpu": model, "cpu_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
-            "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx")))}
+    """The CPU model, whether it computes bfloat16, and its vector flags (tfseg's own machine facts)."""
+    from tfseg.training.runtime import cpu_flags, cpu_has_bf16, cpu_model
+
+    return {"cpu": cpu_model(), "cpu_bf16": cpu_has_bf16(),
+            "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))}
 
 
 def history_rows(epochs: list[dict]) -> list[dict]:
