@@ -14,8 +14,15 @@ what the reference's ``np.round`` does (it rounds 0.5 down to 0). The component 
 order, as in ``medpy.filter.binary.largest_connected_component``, the function
 docs/protocol.md names.
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import scipy.ndimage
+
+from tfseg.errors import TfsegError
 
 THRESHOLD = 0.5
 
@@ -120,3 +127,142 @@ def _largest_component_dense(mask):
     candidates = tf.equal(sizes, tf.reduce_max(sizes))
     chosen = tf.argmin(tf.where(candidates, first, count), output_type=tf.int32)
     return tf.equal(labels, chosen)
+
+
+# ----------------------------------------------------------------------------
+# Rules: the threshold and which components to keep, chosen out of fold and carried beside a model.
+# ----------------------------------------------------------------------------
+
+# How a rule picks components after the threshold:
+COMPONENT_MODES = {
+    "largest": "the largest 3-D component by voxel count (the protocol)",
+    "largest_mass": "the 3-D component with the largest summed probability",
+    "top2": "the two largest 3-D components by voxel count",
+    "min_size": "every 3-D component of at least min_voxels native voxels (the largest is always kept)",
+    "none": "every voxel above the threshold (no component step)",
+}
+# Modes whose mask is one component: the protocol's own largest-component step leaves it unchanged.
+SINGLE_COMPONENT_MODES = ("largest", "largest_mass")
+
+
+class PostprocessError(TfsegError, ValueError):
+    """A post-processing rule file or value is not valid; the message names the file or value."""
+
+
+@dataclass(frozen=True)
+class PostprocessRule:
+    """Threshold plus component selection for one patient volume of probabilities.
+
+    ``min_voxels`` (mode ``"min_size"``) counts voxels of the native 256x256 grid; a volume in
+    another geometry passes ``voxel_scale`` (its voxels per native voxel, (N/side)^2 for the
+    preprocessed N x N slices) to :meth:`apply`. The default rule is the protocol's.
+    """
+
+    threshold: float = THRESHOLD
+    components: str = "largest"
+    min_voxels: int = 0
+
+    def __post_init__(self):
+        if self.components not in COMPONENT_MODES:
+            raise PostprocessError(f"unknown component mode {self.components!r}: use one of {sorted(COMPONENT_MODES)}")
+        if not 0.0 < self.threshold < 1.0:
+            raise PostprocessError(f"threshold {self.threshold!r} must lie strictly between 0 and 1")
+        if self.min_voxels < 0:
+            raise PostprocessError(f"min_voxels {self.min_voxels!r} must not be negative")
+
+    @property
+    def is_protocol(self) -> bool:
+        return self == PostprocessRule()
+
+    @property
+    def single_component(self) -> bool:
+        """True when the mask is one component, so the protocol's largest-component step passes it unchanged."""
+        return self.components in SINGLE_COMPONENT_MODES
+
+    def describe(self) -> str:
+        extra = f", min_voxels {self.min_voxels}" if self.components == "min_size" else ""
+        return f"p > {self.threshold:g}, {COMPONENT_MODES[self.components]}{extra}"
+
+    def apply(self, probabilities, voxel_scale: float = 1.0) -> np.ndarray:
+        """(S, H, W) probabilities -> (S, H, W) bool mask under this rule."""
+        probabilities = np.asarray(probabilities)
+        if probabilities.ndim != 3:
+            raise ValueError(f"PostprocessRule.apply() expects one (S, H, W) volume, got shape {probabilities.shape}")
+        mask = probabilities > self.threshold
+        if self.components == "none" or not mask.any():
+            return mask
+        if self.components == "largest":
+            return largest_connected_component(mask)
+        labels, _ = scipy.ndimage.label(mask)
+        flat = labels.ravel()
+        if self.components == "largest_mass":
+            # Ties go to the lowest label (the first in raster order), as for "largest".
+            mass = np.bincount(flat, weights=probabilities.ravel().astype(np.float64))
+            mass[0] = -1.0
+            return labels == int(np.argmax(mass))
+        sizes = np.bincount(flat)
+        sizes[0] = 0
+        if self.components == "top2":
+            order = np.argsort(-sizes, kind="stable")[:2]  # stable: ties to the lowest label
+            keep = [label for label in order if sizes[label] > 0]
+        else:  # min_size
+            keep = np.flatnonzero(sizes >= self.min_voxels * voxel_scale).tolist()
+            keep = sorted(set(keep) | {int(np.argmax(sizes))} - {0})
+        return np.isin(labels, keep)
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "components": self.components, "min_voxels": self.min_voxels}
+
+    @classmethod
+    def from_dict(cls, value: dict, source: str = "the rule") -> PostprocessRule:
+        if not isinstance(value, dict):
+            raise PostprocessError(f"{source}: a rule is a JSON object, got {type(value).__name__}")
+        unknown = set(value) - {"threshold", "components", "min_voxels"}
+        if unknown:
+            raise PostprocessError(f"{source}: unknown rule keys {sorted(unknown)}")
+        try:
+            return cls(threshold=float(value.get("threshold", THRESHOLD)),
+                       components=str(value.get("components", "largest")),
+                       min_voxels=int(value.get("min_voxels", 0)))
+        except PostprocessError as err:
+            raise PostprocessError(f"{source}: {err}") from err
+        except (TypeError, ValueError) as err:
+            raise PostprocessError(f"{source}: {err}") from err
+
+
+def load_rule(path: str | Path) -> PostprocessRule:
+    """The rule of a postprocess.json file (its ``"rule"`` entry); PostprocessError naming the file when damaged."""
+    from tfseg.runs import RunFolderError, read_run_json
+
+    path = Path(path)
+    try:
+        payload = read_run_json(path, "choose the rule again with `tfseg postprocess`, or delete the file to use "
+                                      "the protocol's rule")
+    except RunFolderError as err:
+        raise PostprocessError(str(err)) from err
+    if "rule" not in payload:
+        raise PostprocessError(f"{path} has no \"rule\" entry: it is not a tfseg postprocess.json")
+    return PostprocessRule.from_dict(payload["rule"], str(path))
+
+
+def rule_file_for(model_path: str | Path | None) -> Path | None:
+    """Where a model's rule lives: RUN_DIR/postprocess.json for a run folder or a model inside one,
+    EXPORT/postprocess.json for an export, FILE.keras's folder otherwise; None when there is none."""
+    from tfseg.runs import POSTPROCESS, owning_run
+
+    if model_path is None:
+        return None
+    model_path = Path(model_path)
+    candidates = [model_path / POSTPROCESS] if model_path.is_dir() else []
+    run = owning_run(model_path)
+    if run is not None:
+        candidates.append(run / POSTPROCESS)
+    if model_path.is_file():
+        candidates.append(model_path.parent / POSTPROCESS)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def rule_for_model(model_path: str | Path | None) -> tuple[PostprocessRule, Path | None]:
+    """The rule a model carries and its file, or the protocol's rule and None."""
+    path = rule_file_for(model_path)
+    return (PostprocessRule(), None) if path is None else (load_rule(path), path)

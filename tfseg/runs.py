@@ -37,6 +37,7 @@ ROBUSTNESS_DIR = "robustness"  # tfseg robustness's output (robustness.csv, summ
 TENSORBOARD = "tensorboard"  # TensorBoard event files (scalars, overlays, hyper-parameters)
 CHECKPOINTS = "checkpoints"  # the last finished epoch's checkpoint, named epoch-<n>
 LOCK = "run.lock"           # the process training into the folder (tfseg.runlock), while it runs
+POSTPROCESS = "postprocess.json"  # the post-processing rule chosen out of fold (tfseg.postprocess), beside a model
 SUMMARY = "summary.json"
 PER_PATIENT = "per_patient.csv"
 
