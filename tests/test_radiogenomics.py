@@ -300,3 +300,26 @@ def test_bevr_accepts_a_fit_stopped_within_the_allowed_gap_and_refuses_a_looser_
         else:
             with pytest.raises(ValueError, match="MAX_BEVR_GAP"):
                 shape.bevr(box)
+
+
+def test_paper_verdict_is_one_rule_for_summary_and_report():
+    """BEVR x RNASeq on the manual masks (p = 0.000215 against the paper's p < 0.0002) counts as reproduced in
+    summary.json and in the report alike: within 1.5x of the bound and significant after the x10 correction."""
+    import pandas as pd
+
+    from tfseg.radiogenomics.study import BELOW_BOUND, NEAR_BOUND, NOT_REPRODUCED, compare_with_paper, paper_verdict
+
+    assert paper_verdict(0.0001, 0.0002) == BELOW_BOUND
+    assert paper_verdict(0.000215, 0.0002) == NEAR_BOUND
+    assert paper_verdict(0.00031, 0.0002) == NOT_REPRODUCED  # more than 1.5x the bound
+    assert paper_verdict(0.0074, 0.005) == NOT_REPRODUCED  # within 1.5x but 10p = 0.074: not significant
+    tests = pd.DataFrame([{"family": "primary", "feature": f, "cluster": c, "p": 0.5}
+                          for f in ("bevr", "asd", "mf")
+                          for c in ("RNASeqCluster", "MethylationCluster", "miRNACluster", "CNCluster",
+                                    "COCCluster", "OncosignCluster")])
+    tests.loc[(tests.feature == "bevr") & (tests.cluster == "RNASeqCluster"), "p"] = 0.000215
+    rows = compare_with_paper(tests)
+    strongest = rows[0]
+    assert (strongest["feature"], strongest["cluster"], strongest["verdict"], strongest["reproduced"]) == \
+        ("bevr", "RNASeqCluster", NEAR_BOUND, True)
+    assert [r["reproduced"] for r in rows].count(True) == 2  # the 0.0002 finding and BEVR x RNASeq < 0.02

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from tfseg.fileio import atomic_path
 from tfseg.markdown import DASH, fixed as _fixed, table as _table, text as _text
-from tfseg.radiogenomics.study import PAPER_FINDINGS  # the paper's p-values, (feature, column, bound)
+# The paper's findings as (feature, column, p bound), and the one verdict on them:
+from tfseg.radiogenomics.study import BELOW_BOUND, NEAR_FACTOR, NOT_REPRODUCED, PAPER_FINDINGS, paper_verdict
 from tfseg.runs import METRICS, PER_PATIENT, SUMMARY, RunFolderError, as_number, read_per_patient_csv
 from tfseg.uncertainty import spearman_with_dsc
 
@@ -372,11 +373,16 @@ def _rg_table(folders: list[RadiogenomicsFolder]) -> list[str]:
 
 
 def _rg_paper_sentence(folder: RadiogenomicsFolder) -> str:
-    """How many of the paper's findings the folder's raw p-values fall below, and which do not."""
+    """How many of the paper's findings the folder reproduces (tfseg.radiogenomics.study.paper_verdict), and which not."""
     tested = [(pair, row["p"], paper_bound(*pair)) for pair, row in _primary(folder).items()
               if paper_bound(*pair) is not None]
-    missed = [f"{_pair(*pair)} (p {_p(p)}, paper < {bound:g})" for pair, p, bound in tested if not p < bound]
-    return (f"Against the paper's p-values: {len(tested) - len(missed)} of {len(tested)} below its bound"
+    verdicts = [(pair, p, bound, paper_verdict(p, bound)) for pair, p, bound in tested]
+    missed = [f"{_pair(*pair)} (p {_p(p)}, paper < {bound:g})" for pair, p, bound, v in verdicts if v == NOT_REPRODUCED]
+    near = [f"{_pair(*pair)} (p {_p(p)}, paper < {bound:g})" for pair, p, bound, v in verdicts
+            if v not in (NOT_REPRODUCED, BELOW_BOUND)]
+    return (f"Against the paper's p-values: {len(tested) - len(missed)} of {len(tested)} reproduced (below its bound, "
+            f"or within {NEAR_FACTOR:g}x of it and significant after its ×10 correction)"
+            + (f"; just above its bound: {', '.join(near)}" if near else "")
             + (f"; not: {', '.join(missed)}." if missed else "."))
 
 
