@@ -274,3 +274,98 @@ def test_a_missing_or_corrupt_model_is_a_clear_error_naming_the_path(make_path, 
     assert evaluate_py.main(["--model", str(path), "--data", str(phantom_dir), "--out", str(tmp_path / "o")]) == 2
     assert str(path) in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------
+# A chosen post-processing rule: scored beside the protocol, suspect masks flagged.
+# ----------------------------------------------------------------------------
+
+def decoy_oracle(data: Path, image_size: int):
+    """The true mask at 0.99 plus, on the same slices, a larger square false positive at 0.52 (less summed
+    probability than the tumour): the protocol keeps the false positive, "largest_mass" the tumour."""
+    answers = {}
+    for files in scan_folder(data):
+        volume = read_patient(files)
+        image, mask, _ = preprocess_volume(volume.image, volume.mask, image_size)
+        for slice_image, slice_mask in zip(image, mask):
+            answer = 0.99 * (slice_mask > 0).astype(np.float32)
+            area = int(np.count_nonzero(slice_mask))
+            if area:
+                side = int(np.ceil(np.sqrt(1.5 * area)))
+                answer[2:2 + side, 2:2 + side] = 0.52
+            answers[slice_image.tobytes()] = answer
+
+    def predict(batch):
+        return np.stack([answers[x.tobytes()] for x in batch])
+
+    return predict
+
+
+def test_a_rule_is_reported_beside_the_protocol_figure_and_the_protocols_decoy_masks_are_suspect(box_dir, tmp_path,
+                                                                                                capsys):
+    from tfseg.postprocess import PostprocessRule
+
+    options = EvalOptions(rule=PostprocessRule(components="largest_mass"))
+    summary = evaluate(box_dir, decoy_oracle(box_dir, BOX_SIZE), BOX_SIZE, tmp_path, options=options,
+                       progress=False, overlays=False, rule_file="chosen/postprocess.json")
+    assert summary["mean_dsc"] == summary["mean_dsc_native"] == 0.0  # the protocol keeps the false positive
+    assert summary["mean_dsc_rule"] == summary["mean_dsc_rule_native"] == 1.0
+    assert summary["postprocess"]["rule"]["components"] == "largest_mass"
+    assert summary["postprocess"]["file"] == "chosen/postprocess.json"
+    for row in read_rows(tmp_path / "per_patient.csv").values():
+        assert float(row["dsc_pre"]) == 0.0 and float(row["dsc_rule_pre"]) == float(row["dsc_rule_native"]) == 1.0
+        assert "dsc_rule_mask_pre" not in row  # one component: the metric's largest component changes nothing
+        assert row["suspect"] == "0" and float(row["kept_mass"]) > 0.5
+    assert summary["suspect"] == {}
+
+    plain = evaluate(box_dir, decoy_oracle(box_dir, BOX_SIZE), BOX_SIZE, tmp_path / "plain", progress=False,
+                     overlays=False)
+    assert "mean_dsc_rule" not in plain and plain["postprocess"]["is_protocol"]
+    assert set(plain["suspect"]) == set(BOX_TUMOURS)
+    rows = read_rows(tmp_path / "plain" / "per_patient.csv")
+    assert all(row["suspect"] == "1" and float(row["kept_mass"]) < 0.5 for row in rows.values())
+    err = capsys.readouterr().err
+    assert all(f"warning: {patient}: suspect mask" in err for patient in BOX_TUMOURS)
+
+
+def test_a_rule_keeping_several_components_is_scored_with_and_without_the_metrics_largest_component(box_dir,
+                                                                                                   tmp_path):
+    from tfseg.postprocess import PostprocessRule
+
+    summary = evaluate(box_dir, decoy_oracle(box_dir, BOX_SIZE), BOX_SIZE, tmp_path, progress=False, overlays=False,
+                       options=EvalOptions(rule=PostprocessRule(components="none")))
+    assert summary["mean_dsc_rule"] == 0.0  # after the metric's largest component: the false positive
+    for row in read_rows(tmp_path / "per_patient.csv").values():
+        assert 0.0 < float(row["dsc_rule_mask_pre"]) < 1.0  # the rule's own mask: tumour and false positive
+
+
+def test_saved_probabilities_let_the_chooser_pick_the_rule_without_the_data(box_dir, tmp_path):
+    from tfseg.postprocess_choice import choose_postprocessing, read_probabilities
+
+    evaluate(box_dir, decoy_oracle(box_dir, BOX_SIZE), BOX_SIZE, tmp_path, progress=False, overlays=False,
+             options=EvalOptions(keep_probabilities=True))
+    for patient in BOX_TUMOURS:
+        saved = read_probabilities(tmp_path / "probabilities" / f"{patient}.npz")
+        assert saved.pre.shape == (4, BOX_SIZE, BOX_SIZE)
+        assert saved.native.shape == saved.native_truth.shape == (6, 256, 256)
+        assert saved.voxel_scale_pre == 1.0 and saved.fold == -1 and saved.native_truth.sum() > 0
+    payload = choose_postprocessing(tmp_path, progress=False)
+    assert payload["rule"]["components"] == "largest_mass"
+
+
+def test_evaluate_model_applies_a_postprocess_file_given_on_the_command_line(phantom_run, phantom_dir, tmp_path):
+    from tfseg.cli import evaluate as evaluate_py
+
+    rule_file = tmp_path / "postprocess.json"
+    rule_file.write_text(json.dumps({"rule": {"threshold": 0.4, "components": "largest_mass"}}))
+    out = tmp_path / "eval"
+    assert evaluate_py.main(["--model", str(phantom_run), "--data", str(phantom_dir), "--out", str(out),
+                             "--no-overlays", "--postprocess", str(rule_file)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["postprocess"]["file"] == str(rule_file) and summary["postprocess"]["rule"]["threshold"] == 0.4
+    assert "mean_dsc_rule" in summary and "mean_dsc" in summary
+    assert all("dsc_rule_native" in row for row in read_rows(out / "per_patient.csv").values())
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text("{")
+    assert evaluate_py.main(["--model", str(phantom_run), "--data", str(phantom_dir), "--out", str(tmp_path / "o"),
+                             "--postprocess", str(damaged)]) == 2

@@ -116,3 +116,40 @@ def test_invalid_input_fails_with_a_clear_message(served, slices, message):
     segment = tf.saved_model.load(str(served[1])).signatures["segment_volume"]
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         segment(slices=tf.constant(slices))
+
+
+def test_an_export_of_a_run_with_a_chosen_rule_applies_it_in_segment_volume_and_carries_the_file(phantom_dir,
+                                                                                                 tmp_path):
+    import json
+
+    from tfseg.postprocess import PostprocessRule, rule_for_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = flair_threshold_model()
+    model.save(run / "best.keras")
+    rule = PostprocessRule(threshold=0.4, components="largest_mass")
+    (run / "postprocess.json").write_text(json.dumps({"rule": rule.to_dict()}))
+    folder = export.export_run(run)
+    assert rule_for_model(folder) == (rule, folder / "postprocess.json")
+    segment = tf.saved_model.load(str(folder)).signatures["segment_volume"]
+    predicted = 0
+    for files in scan_folder(phantom_dir)[:2]:
+        volume = read_patient(files)
+        served_mask = segment(slices=tf.constant(volume.image))["mask"].numpy() > 0
+        expected = evaluate_patient(volume, model.predict_on_batch, SIZE, EvalOptions(rule=rule)).prediction
+        np.testing.assert_array_equal(served_mask, expected)
+        predicted += int(expected.sum())
+    assert predicted > 0, "the stand-in predicted nothing: the comparison would be vacuous"
+
+
+def test_export_postprocess_flag_overrides_the_run_and_a_damaged_file_names_itself(tmp_path, capsys):
+    from tfseg.cli import export as export_cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    flair_threshold_model().save(run / "best.keras")
+    damaged = tmp_path / "postprocess.json"
+    damaged.write_text('{"rule": ')
+    assert export_cli.main([str(run), "--postprocess", str(damaged)]) == 2
+    assert str(damaged) in capsys.readouterr().err and not (run / "export").exists()

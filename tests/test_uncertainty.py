@@ -149,6 +149,8 @@ def test_uncertainty_leaves_every_score_unchanged_and_adds_a_column(box_dir, tmp
     plain_rows = read_rows(tmp_path / "plain" / "per_patient.csv")
     for patient, row in rows.items():
         assert float(row.pop("uncertainty")) == 1.0  # the flipped view finds nothing the other finds
+        # Only the flag changes: an uncertainty above 0.5 makes the mask suspect (tfseg.postprocess.suspect_reasons).
+        assert row.pop("suspect") == "1" and plain_rows[patient].pop("suspect") == "0"
         assert row == plain_rows[patient]
     assert "uncertainty" not in plain and measured["uncertainty"]["n_patients"] == 2
 

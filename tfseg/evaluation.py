@@ -14,6 +14,23 @@ post-process (tfseg.postprocess), then score in two geometries with tfseg.metric
   original (S, 256, 256) slices, then threshold + largest component, against the
   original mask (what a user of the segmentation gets).
 
+A post-processing rule chosen out of fold (``tfseg postprocess``; the ``postprocess.json`` the
+model carries, :func:`tfseg.postprocess.rule_for_model`, or ``--postprocess FILE``) is applied
+beside the protocol, never instead of it: when it is not the protocol's rule, per_patient.csv
+gains ``dsc_rule_pre`` / ``dsc_rule_native`` (the rule's mask, then the metric's own
+largest-component step) and, for a rule keeping several components, ``dsc_rule_mask_pre`` /
+``dsc_rule_mask_native`` (the rule's mask as it is); summary.json gains ``mean_dsc_rule``,
+``median_dsc_rule``, ``mean_dsc_rule_native``, ``median_dsc_rule_native`` and ``postprocess`` (the
+rule and its file). The headline ``mean_dsc`` stays the protocol's. The masks written (overlays,
+cross-validation predictions) are then the rule's.
+
+Every patient gets ``kept_mass`` (the share of the probability above the threshold that the final
+native mask keeps) and ``suspect`` (1 when :func:`tfseg.postprocess.suspect_reasons` finds a reason:
+kept mass below 50%, or with ``--uncertainty`` an uncertainty above 0.5); each suspect patient is
+a warning line on stderr and an entry of summary.json's ``suspect``, never a silent bad mask.
+With ``--save-probabilities`` the probabilities of both geometries go to
+``probabilities/<patient>.npz`` (:mod:`tfseg.postprocess_choice`), for ``tfseg postprocess``.
+
 With several models (an ensemble) the slices are predicted by every member (each
 with its own flip if ``--tta``) and the probabilities averaged before the threshold
 and the largest component; see :mod:`tfseg.inference.ensemble`. The members must take the same
@@ -60,7 +77,9 @@ from tfseg.inference import (EnsembleError, LoadedModel, PredictFn, as_sources, 
                              predict_views, views_description)
 from tfseg.inference import ModelLoadError  # noqa: F401  (re-exported: old imports and `except` clauses still work)
 from tfseg.metrics import AGGREGATED_KEYS, SCORE_KEYS, VolumeMetrics
-from tfseg.postprocess import THRESHOLD, postprocess_volume
+from tfseg.postprocess import (THRESHOLD, PostprocessRule, kept_mass_fraction, largest_connected_component, load_rule,
+                               postprocess_volume, rule_for_model, suspect_reasons)
+from tfseg.postprocess_choice import PROBABILITIES_DIR, write_probabilities
 from tfseg.uncertainty import MAP_MAX, disagreement_map, disagreement_score, uncertainty_summary
 from tfseg.visualize import (FLAIR_CHANNEL, dsc_bar_charts, grid, heat_overlays, largest_slices, save_figure,
                              save_gif, save_png, volume_overlays)
@@ -79,6 +98,8 @@ class EvalOptions:
     batch_size: int = 16
     context: int = 1  # 2.5-D models (--context K): set from the model's input channels (3·K)
     uncertainty: bool = False  # also the views' disagreement (tfseg.uncertainty); the mask does not change
+    rule: PostprocessRule | None = None  # a rule chosen out of fold, scored beside the protocol (None: protocol only)
+    keep_probabilities: bool = False  # PatientResult keeps both geometries' probabilities (--save-probabilities)
 
 
 @dataclass
@@ -89,6 +110,12 @@ class PatientResult:
     ``prediction``: (S, 256, 256) bool, post-processed native prediction.
     With ``--uncertainty``: ``uncertainty``, the patient's score, and ``uncertainty_map``,
     (S, 256, 256) float32, the per-voxel map in the native geometry (tfseg.uncertainty).
+    With a rule (``EvalOptions.rule``): ``rule_pre`` / ``rule_native``, ``{"dsc", "dsc_mask"}``: the
+    rule's mask scored after the metric's largest-component step, and as it is; ``prediction`` is
+    then the rule's mask. ``kept_mass`` and ``suspect`` (the reasons, empty when none) judge the
+    final native mask. With ``EvalOptions.keep_probabilities``: ``probabilities_pre`` (S', N, N) and
+    ``probabilities_native`` (S, 256, 256) float32, ``truth_pre`` / ``truth_native`` bool and
+    ``voxel_scale_pre`` ((N / side)^2, preprocessed voxels per native voxel).
     """
 
     patient: str
@@ -99,15 +126,33 @@ class PatientResult:
     prediction: np.ndarray = field(repr=False)
     uncertainty: float | None = None
     uncertainty_map: np.ndarray | None = field(default=None, repr=False)
+    rule_pre: dict | None = None
+    rule_native: dict | None = None
+    kept_mass: float = 1.0
+    suspect: list[str] = field(default_factory=list)
+    probabilities_pre: np.ndarray | None = field(default=None, repr=False)
+    probabilities_native: np.ndarray | None = field(default=None, repr=False)
+    truth_pre: np.ndarray | None = field(default=None, repr=False)
+    truth_native: np.ndarray | None = field(default=None, repr=False)
+    voxel_scale_pre: float | None = None
 
     def row(self) -> dict:
         """One per_patient.csv row (an ``uncertainty`` column when it was measured)."""
-        out = {"patient": self.patient, "slices": self.slices, "slices_pre": self.slices_pre}
+        return {"patient": self.patient, "slices": self.slices, "slices_pre": self.slices_pre, **self.columns()}
+
+    def columns(self) -> dict:
+        """The scores of :meth:`row`: both geometries, the rule's DSC when there is a rule, kept mass, suspect (0/1)."""
+        out = {}
         for geometry in GEOMETRIES:
             scores = getattr(self, geometry)
             out.update({f"{key}_{geometry}": scores[key] for key in SCORE_KEYS})
+        if self.rule_pre is not None:
+            out.update({f"dsc_rule_{g}": getattr(self, f"rule_{g}")["dsc"] for g in GEOMETRIES})
+            if "dsc_mask" in self.rule_pre:
+                out.update({f"dsc_rule_mask_{g}": getattr(self, f"rule_{g}")["dsc_mask"] for g in GEOMETRIES})
         if self.uncertainty is not None:
             out["uncertainty"] = self.uncertainty
+        out.update(kept_mass=self.kept_mass, suspect=int(bool(self.suspect)))
         return out
 
 
@@ -221,6 +266,7 @@ def evaluate_patient(volume: PatientVolume, predict: PredictFn | Sequence[Predic
     by default fresh ones, for scoring one patient on its own.
     """
     metrics = geometry_metrics() if metrics is None else metrics
+    rule = None if options.rule is None or options.rule.is_protocol else options.rule
     try:
         image, mask, geometry = preprocess_volume(volume.image, volume.mask, image_size)
     except ValueError as err:
@@ -237,10 +283,75 @@ def evaluate_patient(volume: PatientVolume, predict: PredictFn | Sequence[Predic
     native = metrics["native"].update(volume.patient, native_prediction, volume.mask > 0)
     result = PatientResult(volume.patient, int(volume.image.shape[0]), int(image.shape[0]), pre, native,
                            native_prediction)
+    voxel_scale = (image_size / geometry.side) ** 2
+    threshold = options.threshold
+    if rule is not None:
+        result.rule_pre = rule_scores(rule, rule.apply(probabilities, voxel_scale), mask > 0)
+        result.prediction = rule.apply(native_probabilities)
+        result.rule_native = rule_scores(rule, result.prediction, volume.mask > 0)
+        threshold = rule.threshold
+    result.kept_mass = kept_mass_fraction(native_probabilities, result.prediction, threshold)
     if options.uncertainty:
         result.uncertainty = disagreement_score(views, options.threshold, options.lcc)
         result.uncertainty_map = invert_volume(disagreement_map(views), geometry, order=1)
+    result.suspect = suspect_reasons(result.kept_mass, result.uncertainty)
+    if options.keep_probabilities:
+        result.probabilities_pre, result.probabilities_native = probabilities, native_probabilities
+        result.truth_pre, result.truth_native = mask > 0, volume.mask > 0
+        result.voxel_scale_pre = voxel_scale
     return result
+
+
+def rule_scores(rule: PostprocessRule, mask: np.ndarray, truth: np.ndarray) -> dict:
+    """``{"dsc"}``: the rule's ``mask`` after the metric's own largest-component step (docs/protocol.md), and for
+    a rule that may keep several components ``"dsc_mask"``, the mask as it is."""
+    from tfseg.metrics import volume_dsc
+
+    scored = largest_connected_component(mask) if mask.any() else mask
+    out = {"dsc": volume_dsc(scored, truth)}
+    if not rule.single_component:
+        out["dsc_mask"] = volume_dsc(mask, truth)
+    return out
+
+
+def save_probabilities(folder: Path, result: PatientResult, fold: int | None = None) -> Path:
+    """``folder/<patient>.npz`` from a result evaluated with ``keep_probabilities`` (tfseg.postprocess_choice's format)."""
+    if result.probabilities_pre is None:
+        raise ValueError("save_probabilities() needs a result evaluated with EvalOptions(keep_probabilities=True)")
+    return write_probabilities(folder / f"{result.patient}.npz", result.patient, result.probabilities_pre,
+                               result.probabilities_native, result.truth_pre, result.truth_native,
+                               result.voxel_scale_pre, fold)
+
+
+def warn_if_suspect(result: PatientResult) -> None:
+    """One warning line on stderr for a suspect patient (its mask should be checked before it is used)."""
+    if result.suspect:
+        print(f"warning: {result.patient}: suspect mask: {'; '.join(result.suspect)}", file=sys.stderr)
+
+
+def drop_volumes(result: PatientResult) -> None:
+    """Free a result's volumes once they are written (the scores stay)."""
+    result.prediction = result.uncertainty_map = None
+    result.probabilities_pre = result.probabilities_native = result.truth_pre = result.truth_native = None
+
+
+def postprocess_summary(results: list[PatientResult], rule: PostprocessRule | None, rule_file: str | Path | None,
+                        native_key: str = "_native") -> dict:
+    """summary.json's rule entries (``postprocess``; the rule's figures when it is not the protocol) and ``suspect``."""
+    from tfseg.metrics import describe
+
+    rule = PostprocessRule() if rule is None else rule
+    out = {"postprocess": {"rule": rule.to_dict(), "describe": rule.describe(), "is_protocol": rule.is_protocol,
+                           "file": None if rule_file is None else str(rule_file),
+                           "headline": "mean_dsc is the protocol's rule" +
+                                       ("" if rule.is_protocol else "; mean_dsc_rule is this rule's")},
+           "suspect": {r.patient: r.suspect for r in results if r.suspect}}
+    out["n_suspect"] = len(out["suspect"])
+    if results and results[0].rule_pre is not None:
+        for geometry, suffix in (("pre", ""), ("native", native_key)):
+            figures = describe([getattr(r, f"rule_{geometry}")["dsc"] for r in results])
+            out[f"mean_dsc_rule{suffix}"], out[f"median_dsc_rule{suffix}"] = figures["mean"], figures["median"]
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -250,12 +361,13 @@ def evaluate_patient(volume: PatientVolume, predict: PredictFn | Sequence[Predic
 def evaluate(data: str | Path, predict: PredictFn | Sequence[PredictFn], image_size: int, out: str | Path,
              patients: list[str] | None = None, options: EvalOptions = EvalOptions(), *,
              model_info: dict | None = None, split_info: dict | None = None, overlays: bool = True,
-             progress: bool = True, command: str | None = None) -> dict:
+             progress: bool = True, command: str | None = None, rule_file: str | Path | None = None) -> dict:
     """Evaluate ``patients`` (default: all) of the kaggle_3m folder ``data``; write every file to ``out``.
 
     ``predict``: (B, N, N, 3) float32 -> (B, N, N[, 1]) probabilities, N = ``image_size``
     (a loaded model's ``predict``, or any stand-in), or a list of such functions whose mean
-    is the prediction (an ensemble's members). Returns the summary (also summary.json).
+    is the prediction (an ensemble's members). ``options.rule``: a post-processing rule scored beside
+    the protocol (``rule_file``: where it came from, for summary.json). Returns the summary (also summary.json).
     """
     data, out = Path(data), Path(out)
     scanned = scan_folder(data)  # checks the whole layout before reading a pixel
@@ -268,16 +380,20 @@ def evaluate(data: str | Path, predict: PredictFn | Sequence[PredictFn], image_s
     for patient_files in tqdm(files, desc="evaluating", unit="patient", disable=not progress):
         volume = read_patient(patient_files)
         result = evaluate_patient(volume, predict, image_size, options, metrics)
+        warn_if_suspect(result)
         if overlays:
             write_overlays(out / "overlays", volume, result.prediction, result.uncertainty_map)
-        result.prediction = result.uncertainty_map = None  # the overlays are written: free the volumes
+        if options.keep_probabilities:
+            save_probabilities(out / PROBABILITIES_DIR, result)
+        drop_volumes(result)  # the files are written: free the volumes
         results.append(result)
     summary = summarize_metrics(metrics)
+    summary.update(postprocess_summary(results, options.rule, rule_file))
     if options.uncertainty:
         summary["uncertainty"] = uncertainty_summary(
             [r.patient for r in results], [r.uncertainty for r in results], [r.native["dsc"] for r in results],
             views_description(len(as_sources(predict))))
-    summary.update(options=asdict(options) | {"image_size": image_size, "overlays": overlays},
+    summary.update(options=asdict(replace(options, rule=None)) | {"image_size": image_size, "overlays": overlays},
                    model=model_info, data=data_fingerprint(files, data), split=split_info or {"source": "caller"},
                    seconds=round(time.perf_counter() - started, 3), command=command,
                    tfseg_version=tfseg.__version__, created=datetime.now().isoformat(timespec="seconds"))
@@ -354,14 +470,16 @@ def warn_if_still_training(models: Sequence[LoadedModel]) -> None:
 def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | None = None,
                    out: str | Path | None = None, patients: list[str] | None = None,
                    options: EvalOptions = EvalOptions(), *, overlays: bool = True, progress: bool = True,
-                   command: str | None = None) -> dict:
+                   command: str | None = None, postprocess: str | Path | None = None) -> dict:
     """Load ``model`` (SavedModel folder, .keras file or run folder) and evaluate it; see :func:`evaluate`.
 
     ``model`` may be a list of such paths: one is that model, several an ensemble
     (:func:`tfseg.inference.load_model`). ``data`` defaults to the (first) run's --data (a packed folder
     leads to its kaggle_3m source); ``out`` to RUN_DIR/eval for one model and is required
     for an ensemble; ``patients`` to the validation patients of the run's split (for an
-    ensemble, every member's run must have the same ones).
+    ensemble, every member's run must have the same ones). The post-processing rule: ``postprocess``
+    (a postprocess.json), else ``options.rule``, else the one the model carries
+    (:func:`tfseg.postprocess.rule_for_model`; an ensemble carries none), else the protocol's alone.
     """
     paths = [model] if isinstance(model, (str, Path)) else list(model)
     if len(paths) > 1 and out is None:
@@ -370,7 +488,12 @@ def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | 
         raise EnsembleError(f"an ensemble of {len(paths)} models needs an output folder: pass --out DIR")
     loaded = load_model(paths)
     warn_if_still_training(loaded.members or [loaded])
-    options = replace(options, context=loaded.context)
+    rule, rule_file = options.rule, None
+    if postprocess is not None:
+        rule, rule_file = load_rule(postprocess), Path(postprocess)
+    elif rule is None and loaded.kind != "ensemble":
+        rule, rule_file = rule_for_model(loaded.path)
+    options = replace(options, context=loaded.context, rule=None if rule is None or rule.is_protocol else rule)
     # An ensemble's members go in one by one (their mean is the prediction) so --uncertainty can compare them.
     predict = loaded.sources
     if out is None:
@@ -384,4 +507,4 @@ def evaluate_model(model: str | Path | Sequence[str | Path], data: str | Path | 
         files, split_info = choose_patients(scan_folder(root), patients, loaded.run_config)
     return evaluate(root, predict, loaded.image_size, out, [f.patient for f in files], options,
                     model_info=loaded.describe(), split_info=split_info, overlays=overlays, progress=progress,
-                    command=command)
+                    command=command, rule_file=rule_file)

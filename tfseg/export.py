@@ -12,9 +12,15 @@ Two signatures (inspect them with ``saved_model_cli show --dir RUN_DIR/export --
     ``slices`` uint8 (S, 256, 256, 3), one patient's raw kaggle_3m slices in
     slice order -> ``mask`` uint8 (S, 256, 256), 0/255, in native geometry.
     The whole of PROTOCOL.md runs inside the graph: preprocessing (steps 1-5),
-    prediction in batches of slices, threshold 0.5, the largest 3-D connected
-    component, and the inverse mapping (the dropped slices come back empty).
+    prediction in batches of slices, the inverse mapping (the dropped slices come
+    back empty), then threshold 0.5 and the largest 3-D connected component.
     A client needs TensorFlow (or TensorFlow Serving) only.
+
+When the run folder holds a ``postprocess.json`` (a rule chosen out of fold by ``tfseg
+postprocess``; or ``--postprocess FILE``), ``segment_volume`` applies that rule instead of
+the protocol's (:func:`tfseg.postprocess.rule_graph`, every component mode, equal to the
+numpy rule evaluation applies) and the file is copied into the export folder, where
+evaluate.py and predict find it.
 
 An ensemble (``--ensemble``) is exported as one SavedModel with the same two
 signatures: ``serving_default`` returns the mean of the members' probabilities and
@@ -28,6 +34,7 @@ lists the members.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -44,17 +51,19 @@ from tfseg.data.protocol import MIN_SLICES
 from tfseg import runs
 from tfseg.fileio import atomic_directory, write_json_atomic
 from tfseg.inference import EnsembleError, average_models, ensemble_of, load_model
-from tfseg.postprocess import postprocess_graph
+from tfseg.postprocess import PostprocessRule, load_rule, rule_for_model, rule_graph
 
 # Slices per forward pass inside segment_volume: bounds the activation memory of one call.
 SLICE_BATCH = 16
 MASK_VALUE = 255  # kaggle_3m masks are 0/255
 
 
-def export_saved_model(model: keras.Model, out_dir: str | os.PathLike, slice_batch: int = SLICE_BATCH) -> Path:
+def export_saved_model(model: keras.Model, out_dir: str | os.PathLike, slice_batch: int = SLICE_BATCH,
+                       rule: PostprocessRule | None = None, rule_file: str | os.PathLike | None = None) -> Path:
     """Write ``model`` (one output) as a SavedModel to ``out_dir``, atomically (temporary folder, then rename).
 
-    Adds ``segment_volume`` when the model's input is a fixed N×N×3 (every tfseg model is).
+    Adds ``segment_volume`` when the model's input is a fixed N×N×3 (every tfseg model is), post-processing
+    with ``rule`` (default: the protocol's); ``rule_file`` (the rule's postprocess.json) is copied into ``out_dir``.
     """
     out_dir = Path(out_dir)
     _, height, width, channels = model.inputs[0].shape
@@ -67,7 +76,7 @@ def export_saved_model(model: keras.Model, out_dir: str | os.PathLike, slice_bat
 
     archive.add_endpoint("serving_default", serve, input_signature=[spec])
     if height is not None and height == width and channels and channels % 3 == 0:
-        segment = make_segment_volume(model, int(height), slice_batch, context=int(channels) // 3)
+        segment = make_segment_volume(model, int(height), slice_batch, context=int(channels) // 3, rule=rule)
         archive.add_endpoint("segment_volume", segment,
                              input_signature=[tf.TensorSpec(None, tf.uint8, name="slices")])
     else:
@@ -75,6 +84,8 @@ def export_saved_model(model: keras.Model, out_dir: str | os.PathLike, slice_bat
               file=sys.stderr)
     with atomic_directory(out_dir) as tmp:
         archive.write_out(str(tmp), verbose=False)
+        if rule_file is not None:
+            shutil.copyfile(rule_file, tmp / runs.POSTPROCESS)
     return out_dir
 
 
@@ -88,10 +99,12 @@ def _probabilities(model: keras.Model, image):
 # segment_volume: PROTOCOL.md in the graph.
 # ----------------------------------------------------------------------------
 
-def make_segment_volume(model: keras.Model, image_size: int, slice_batch: int = SLICE_BATCH, context: int = 1):
+def make_segment_volume(model: keras.Model, image_size: int, slice_batch: int = SLICE_BATCH, context: int = 1,
+                        rule: PostprocessRule | None = None):
     """The ``segment_volume`` function: uint8 (S, 256, 256, 3) -> {"mask": uint8 (S, 256, 256) 0/255}.
 
     A 2.5-D model (input 3·``context`` channels) gets each slice's neighbour stack, built in the graph.
+    ``rule``: the post-processing of the native probabilities (default: the protocol's).
     """
 
     def segment_volume(slices):
@@ -100,7 +113,7 @@ def make_segment_volume(model: keras.Model, image_size: int, slice_batch: int = 
         image = tf.debugging.assert_all_finite(image, f"segment_volume: {CONSTANT_INTENSITY}")
         image = stack_context(image, context)
         probabilities = predict_in_batches(model, image, slice_batch)
-        mask = postprocess_graph(invert_graph(probabilities, geometry, order=1))
+        mask = rule_graph(invert_graph(probabilities, geometry, order=1), rule)
         return {"mask": tf.ensure_shape(tf.cast(mask, tf.uint8) * MASK_VALUE, [None, *SLICE_SHAPE])}
 
     return segment_volume
@@ -142,26 +155,47 @@ def predict_in_batches(model: keras.Model, image, slice_batch: int):
 # Command line
 # ----------------------------------------------------------------------------
 
-def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Export ``RUN_DIR/best.keras`` to ``out`` (default ``RUN_DIR/export``)."""
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+               postprocess: str | os.PathLike | None = None) -> Path:
+    """Export ``RUN_DIR/best.keras`` to ``out`` (default ``RUN_DIR/export``).
+
+    The post-processing: ``postprocess`` (a postprocess.json), else ``RUN_DIR/postprocess.json``
+    when there is one, else the protocol's; the file goes into the export.
+    """
     run_dir = Path(run_dir)
     source = run_dir / runs.BEST_MODEL
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist: {run_dir} is not a finished training run "
                                 "(train with `python train.py --logdir DIR` first)")
+    rule, rule_file = _rule(postprocess, source)
     model = load_model(source).network  # ModelLoadError naming the file when it is corrupt
-    out = export_saved_model(model, run_dir / runs.EXPORT if out is None else out)
-    print(f"exported {source} -> {out}")
+    out = export_saved_model(model, run_dir / runs.EXPORT if out is None else out, rule=rule, rule_file=rule_file)
+    print(f"exported {source} -> {out}{_rule_note(rule, rule_file)}")
     return out
 
 
-def export_ensemble(models: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+def _rule(postprocess, model_path) -> tuple[PostprocessRule, Path | None]:
+    """The rule to export and its file: ``postprocess`` when given, else the one beside ``model_path`` (if any)."""
+    if postprocess is not None:
+        return load_rule(postprocess), Path(postprocess)
+    if model_path is None:
+        return PostprocessRule(), None
+    return rule_for_model(model_path)
+
+
+def _rule_note(rule: PostprocessRule, rule_file: Path | None) -> str:
+    return "" if rule_file is None else f" (segment_volume post-processes with {rule.describe()}, from {rule_file})"
+
+
+def export_ensemble(models: list[str | os.PathLike], out_dir: str | os.PathLike,
+                    postprocess: str | os.PathLike | None = None) -> Path:
     """Export the mean of ``models`` (run folders or .keras files) as one SavedModel in ``out_dir``.
 
     The members are wrapped by :func:`tfseg.inference.average_models` and written by
     :func:`export_saved_model`; ``out_dir/ensemble.json`` lists them (path, kind, sha256).
     Raises ModelLoadError for a bad path, EnsembleError for a SavedModel member or
-    members of different image sizes (naming both).
+    members of different image sizes (naming both). ``postprocess``: a postprocess.json for
+    ``segment_volume`` (the members' own rules do not apply to their mean; default the protocol's).
     """
     members = [load_model(path) for path in models]
     for member in members:
@@ -169,9 +203,11 @@ def export_ensemble(models: list[str | os.PathLike], out_dir: str | os.PathLike)
             raise EnsembleError(f"{member.path} is a SavedModel, which cannot be nested in a Keras model: give "
                                 "its run folder or .keras file instead")
     ensemble = ensemble_of(members)  # checks the image sizes, naming the paths
-    out = export_saved_model(average_models([m.network for m in members]), out_dir)
+    rule, rule_file = _rule(postprocess, None)
+    out = export_saved_model(average_models([m.network for m in members]), out_dir, rule=rule, rule_file=rule_file)
     write_json_atomic(out / runs.ENSEMBLE, ensemble.describe())
-    print(f"exported the mean of {len(members)} models ({', '.join(str(m.path) for m in members)}) -> {out}")
+    print(f"exported the mean of {len(members)} models ({', '.join(str(m.path) for m in members)}) -> {out}"
+          f"{_rule_note(rule, rule_file)}")
     return out
 
 

@@ -1,12 +1,21 @@
-"""docs/protocol.md's post-processing of one patient's predicted probabilities: threshold, then the largest 3-D component.
+"""Post-processing of one patient's predicted probabilities: docs/protocol.md's rule and the rules chosen out of fold.
 
-One definition in two forms that give the same mask (tests/test_postprocess.py):
+The protocol's rule: threshold at 0.5, then the largest 3-D component. One definition in two
+forms that give the same mask (tests/test_postprocess.py):
 
 * numpy/scipy, :func:`postprocess_volume`: evaluation (both geometries), training's
   per-volume DSC (:mod:`tfseg.metrics`) and cross-validation;
 * TensorFlow graph ops, :func:`postprocess_graph`: the ``segment_volume`` serving
   signature (:mod:`tfseg.export`). TensorFlow is imported only when a graph function
   is called, so scipy users (tfseg.radiogenomics) do not pay for it.
+
+A :class:`PostprocessRule` generalizes it (another threshold, another choice of components);
+one is chosen on out-of-fold probabilities by ``tfseg postprocess`` (:mod:`tfseg.postprocess_choice`)
+and carried beside a model as ``postprocess.json`` (:func:`rule_for_model`). Evaluation,
+cross-validation and the export apply it (numpy :meth:`PostprocessRule.apply`, graph
+:func:`rule_graph`; equal masks, tested) and report the protocol's figure beside it.
+Training's validation (the per-volume DSC after every epoch, :mod:`tfseg.metrics`) always
+scores the protocol's rule: the rule is chosen after training, on the trained folds.
 
 Thresholding, everywhere: a voxel is foreground when ``p > THRESHOLD``. At 0.5 this is
 what the reference's ``np.round`` does (it rounds 0.5 down to 0). The component is
@@ -77,34 +86,58 @@ def postprocess_graph(probabilities, threshold=THRESHOLD):
     return largest_component_3d(probabilities > threshold)
 
 
+def rule_graph(probabilities, rule: PostprocessRule | None = None, voxel_scale: float = 1.0):
+    """:meth:`PostprocessRule.apply` as graph ops: float (S, H, W) -> bool (S, H, W); every component mode.
+
+    ``rule`` None is the protocol's (:func:`postprocess_graph`). ``voxel_scale`` as in ``apply``
+    (``segment_volume`` post-processes the native geometry: 1).
+    """
+    import tensorflow as tf
+
+    rule = PostprocessRule() if rule is None else rule
+    mask = probabilities > rule.threshold
+    if rule.components == "none":
+        return mask
+    if rule.components == "largest":
+        return largest_component_3d(mask)
+    return _select_components_3d(mask, tf.cast(probabilities, tf.float64), rule, voxel_scale)
+
+
 def largest_component_3d(mask):
     """The largest 6-connected component of a bool (D, H, W) tensor (all False stays all False).
 
     Same result as :func:`largest_connected_component` (scipy.ndimage.label), ties included.
     """
+    return _select_components_3d(mask, None, PostprocessRule(), 1.0)
+
+
+def _select_components_3d(mask, probabilities, rule, voxel_scale):
+    """The components of bool (D, H, W) ``mask`` that ``rule`` keeps (``probabilities`` float64, for "largest_mass")."""
     import tensorflow as tf
 
     from tfseg.data.preprocess import nonzero_range
 
-    def keep_largest():
+    def select():
         (z0, z1), (y0, y1), (x0, x1) = (nonzero_range(tf.reduce_any(mask, axis=axes))
                                         for axes in ((1, 2), (0, 2), (0, 1)))
         # Label only the box around the foreground: every propagation step is cheaper.
-        kept = _largest_component_dense(mask[z0:z1, y0:y1, x0:x1])
+        box = None if probabilities is None else probabilities[z0:z1, y0:y1, x0:x1]
+        kept = _select_dense(mask[z0:z1, y0:y1, x0:x1], box, rule, voxel_scale)
         shape = tf.shape(mask)
         return tf.pad(kept, [[z0, shape[0] - z1], [y0, shape[1] - y1], [x0, shape[2] - x1]])
 
-    return tf.cond(tf.reduce_any(mask), keep_largest, lambda: mask)
+    return tf.cond(tf.reduce_any(mask), select, lambda: mask)
 
 
-def _largest_component_dense(mask):
-    """Label propagation with pointer jumping in a ``tf.while_loop``, then the largest label with scipy's tie-break."""
+def _component_labels(mask):
+    """Label propagation with pointer jumping in a ``tf.while_loop``: int32 labels, 0 = background.
+
+    A component's label converges to 1 + the flat index of its last voxel.
+    """
     import tensorflow as tf
 
     shape = tf.shape(mask)
-    count = tf.size(mask)
-    # Label = 1 + flat index of a voxel of the same component; converges to 1 + the component's last index.
-    labels = tf.where(mask, tf.reshape(tf.range(1, count + 1), shape), 0)
+    labels = tf.where(mask, tf.reshape(tf.range(1, tf.size(mask) + 1), shape), 0)
 
     def step(labels, _):
         padded = tf.pad(labels, [[1, 1], [1, 1], [1, 1]])
@@ -119,14 +152,44 @@ def _largest_component_dense(mask):
         return jumped, tf.reduce_any(tf.not_equal(jumped, labels))
 
     labels, _ = tf.while_loop(lambda labels, changed: changed, step, (labels, tf.constant(True)))
+    return labels
+
+
+def _select_dense(mask, probabilities, rule, voxel_scale):
+    """The kept components of a non-empty bool (D, H, W) ``mask``, with scipy's tie-break (first in raster order)."""
+    import tensorflow as tf
+
+    labels = _component_labels(mask)
+    count = tf.size(mask)
     flat = tf.reshape(labels, [-1])
+    table = tf.range(count + 1)  # one entry per possible label
     sizes = tf.math.unsorted_segment_sum(tf.ones_like(flat), flat, count + 1)
     sizes = tf.tensor_scatter_nd_update(sizes, [[0]], [0])  # background
     # scipy numbers components by their first voxel in raster order and argmax takes the lowest number.
     first = tf.math.unsorted_segment_min(tf.range(count), flat, count + 1)
-    candidates = tf.equal(sizes, tf.reduce_max(sizes))
-    chosen = tf.argmin(tf.where(candidates, first, count), output_type=tf.int32)
-    return tf.equal(labels, chosen)
+
+    def one_of_the_largest(values):
+        chosen = tf.argmin(tf.where(tf.equal(values, tf.reduce_max(values)), first, count), output_type=tf.int32)
+        return tf.equal(table, chosen)
+
+    if rule.components == "largest":
+        keep = one_of_the_largest(sizes)
+    elif rule.components == "largest_mass":
+        mass = tf.math.unsorted_segment_sum(tf.reshape(probabilities, [-1]), flat, count + 1)
+        keep = one_of_the_largest(tf.tensor_scatter_nd_update(mass, [[0]], tf.constant([-1.0], tf.float64)))
+    elif rule.components == "top2":
+        # Larger first, then the lower first voxel: one int64 key orders both.
+        wide = tf.cast(count, tf.int64) + 1
+        key = tf.where(sizes > 0, tf.cast(sizes, tf.int64) * wide + wide - 1 - tf.cast(first, tf.int64), -1)
+        top = tf.math.top_k(key, k=2).indices
+        top = tf.boolean_mask(top, tf.gather(key, top) > 0)
+        keep = tf.reduce_any(tf.equal(table[:, None], top[None, :]), axis=1)
+    elif rule.components == "min_size":
+        large = tf.cast(sizes, tf.float64) >= rule.min_voxels * voxel_scale
+        keep = (large & (sizes > 0)) | one_of_the_largest(sizes)
+    else:
+        raise PostprocessError(f"no graph form for component mode {rule.components!r}")
+    return tf.gather(keep, labels) & mask
 
 
 # ----------------------------------------------------------------------------
@@ -195,20 +258,41 @@ class PostprocessRule:
             return largest_connected_component(mask)
         labels, _ = scipy.ndimage.label(mask)
         flat = labels.ravel()
-        if self.components == "largest_mass":
-            # Ties go to the lowest label (the first in raster order), as for "largest".
-            mass = np.bincount(flat, weights=probabilities.ravel().astype(np.float64))
-            mass[0] = -1.0
-            return labels == int(np.argmax(mass))
         sizes = np.bincount(flat)
-        sizes[0] = 0
+        masses = None
+        if self.components == "largest_mass":
+            masses = np.bincount(flat, weights=probabilities.ravel().astype(np.float64))
+        return np.isin(labels, self.keep(sizes, masses, voxel_scale))
+
+    def keep(self, sizes: np.ndarray, masses: np.ndarray | None = None, voxel_scale: float = 1.0) -> np.ndarray:
+        """The labels this rule keeps, from per-label voxel counts (and summed probabilities, for "largest_mass").
+
+        ``sizes[l]`` / ``masses[l]``: of ``scipy.ndimage.label``'s component ``l`` of the thresholded
+        mask (index 0 is the background, ignored). Ties go to the lowest label (the first in raster
+        order). Returns the kept labels, sorted (int64, empty when no component is kept).
+        :meth:`apply` and the out-of-fold choice (:mod:`tfseg.postprocess_choice`) both select through it.
+        """
+        sizes = np.asarray(sizes, np.int64).copy()
+        sizes[0] = 0  # background
+        present = np.flatnonzero(sizes)
+        if not present.size:
+            return present
+        if self.components == "none":
+            return present
+        if self.components == "largest":
+            return np.array([int(np.argmax(sizes))])
+        if self.components == "largest_mass":
+            if masses is None:
+                raise ValueError("PostprocessRule.keep(): mode 'largest_mass' needs the masses")
+            masses = np.asarray(masses, np.float64).copy()
+            masses[0] = -1.0
+            return np.array([int(np.argmax(masses))])
         if self.components == "top2":
             order = np.argsort(-sizes, kind="stable")[:2]  # stable: ties to the lowest label
-            keep = [label for label in order if sizes[label] > 0]
-        else:  # min_size
-            keep = np.flatnonzero(sizes >= self.min_voxels * voxel_scale).tolist()
-            keep = sorted(set(keep) | {int(np.argmax(sizes))} - {0})
-        return np.isin(labels, keep)
+            return np.sort(order[sizes[order] > 0])
+        # min_size
+        keep = set(np.flatnonzero(sizes >= self.min_voxels * voxel_scale).tolist()) | {int(np.argmax(sizes))}
+        return np.array(sorted(keep - {0}), np.int64)
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "components": self.components, "min_voxels": self.min_voxels}

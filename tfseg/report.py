@@ -49,7 +49,7 @@ from tfseg.fileio import atomic_path
 from tfseg.markdown import DASH, fixed as _fixed, table as _table, text as _text
 from tfseg.report_studies import (CVFolder, RadiogenomicsFolder, cv_section, folder_figures,
                                   load_cv, load_folders, load_radiogenomics, radiogenomics_section)
-from tfseg.runs import EVAL_DIR, RunFolderError, RunRecord, as_number, load_run
+from tfseg.runs import EVAL_DIR, DamagedRunFileError, RunFolderError, RunRecord, as_number, load_run
 from tfseg.seed_groups import describe_group, paired_comparison, seed_groups
 from tfseg.visualize import (dsc_comparison_chart, dsc_patient_comparison, save_figure,
                              time_to_accuracy_chart)
@@ -358,7 +358,7 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str = DE
         raise ReportError("give at least one run folder")
     output = Path(output)
     notes_text = read_notes(notes, output) if notes else None
-    runs = sort_runs([load_run(p) for p in run_dirs])
+    runs, skipped = load_runs(run_dirs)
     base = choose_baseline(runs, baseline)
     cv_folders, rg_folders = load_folders(load_cv, cv), load_folders(load_radiogenomics, radiogenomics)
     figures, prefix = output.parent / "figures", output.stem
@@ -367,10 +367,30 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str = DE
                           comparison_figure(runs, figures, prefix), case_figures(runs[0], figures, prefix))
     drawn.cv, drawn.radiogenomics = folder_figures(cv_folders, rg_folders, figures, prefix)
     text = render(runs, output.parent, drawn, title=title, notes=notes_text, cv=cv_folders,
-                  radiogenomics=rg_folders)
+                  radiogenomics=rg_folders, skipped=skipped)
     with atomic_path(output) as tmp:
         tmp.write_text(text)
     return output
+
+
+def load_runs(run_dirs: list[str | Path]) -> tuple[list[RunRecord], list[tuple[Path, DamagedRunFileError]]]:
+    """(the runs, best first; the runs skipped because a file of theirs is damaged, with the error).
+
+    A damaged config.json, metrics.json, history.csv or evaluation file skips that run with a warning
+    on stderr naming the file (the report of the other runs is still worth having, and the report
+    lists what it skipped); a path that is not a run folder at all stays an error. ReportError when
+    every run is skipped.
+    """
+    runs, skipped = [], []
+    for path in run_dirs:
+        try:
+            runs.append(load_run(path))
+        except DamagedRunFileError as err:
+            skipped.append((Path(path), err))
+            print(f"warning: run {path} skipped: {err}", file=sys.stderr)
+    if not runs:
+        raise ReportError(f"every run has a damaged file, nothing to report: {'; '.join(str(e) for _, e in skipped)}")
+    return sort_runs(runs), skipped
 
 
 def read_notes(path: str | Path, output: Path) -> str:
@@ -387,9 +407,10 @@ def read_notes(path: str | Path, output: Path) -> str:
 
 def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title: str = DEFAULT_TITLE,
            notes: str | None = None, cv: list[CVFolder] = (),
-           radiogenomics: list[RadiogenomicsFolder] = ()) -> str:
+           radiogenomics: list[RadiogenomicsFolder] = (), skipped: list[tuple[Path, Exception]] = ()) -> str:
     """The report's Markdown: header, results and settings tables, notes verbatim, the figure sections, then
-    cross-validation and radiogenomics when given, and how to reproduce each run."""
+    cross-validation and radiogenomics when given, and how to reproduce each run. ``skipped``: (run folder,
+    error) of runs left out because a file of theirs is damaged; they are listed under the results table."""
     rel = lambda p: os.path.relpath(p, report_dir).replace(os.sep, "/")  # noqa: E731
     lines = [f"# {title}", "",
              f"Generated {datetime.now().isoformat(timespec='seconds')} from {len(runs)} run(s). Protocol: "
@@ -400,6 +421,7 @@ def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title:
              "## Results", "", *markdown_table(RESULT_COLUMNS, runs), "",
              "Epochs: trained (best). Training time: wall clock, per-epoch validation included, on the CPU shown "
              "(bf16: the CPU computes bfloat16 natively).", "",
+             *[line for path, err in skipped for line in (f"Skipped: `{path.name}`, a damaged file: {_text(str(err))}", "")],
              "## Settings", "", *markdown_table(SETTING_COLUMNS, runs), "",
              "Budget: 'cpu-128 (12 ep)' is the protocol's epoch budget; 'N min wall clock (old)' the earlier "
              "cpu-128, stopped by a time limit. Code: the commit trained ('+dirty': with uncommitted changes).", ""]

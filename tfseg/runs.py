@@ -16,6 +16,7 @@ quote, training's is the fallback for a run not evaluated yet.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -89,36 +90,85 @@ def owning_run(path: str | Path) -> Path | None:
     return path.parent if (path.parent / CONFIG).is_file() else None
 
 
-def read_config_file(run_dir: str | Path) -> dict:
+def read_config_file(run_dir: str | Path,
+                     todo: str = "it holds the run's settings and split: copy it again from the run folder") -> dict:
     """config.json of a run folder as written (``config``, ``command``, ``machine``, ``split``, ...).
 
-    Raises OSError or json.JSONDecodeError; callers turn them into their own errors.
+    Raises DamagedRunFileError (not complete JSON, not an object) or RunFolderError (unreadable)
+    naming the file and ending with ``todo``.
     """
-    return json.loads((Path(run_dir) / CONFIG).read_text())
+    return read_json_object(Path(run_dir) / CONFIG, todo)
 
 
 class RunFolderError(TfsegError, ValueError):
     """A path given as a run is not a training run folder (or a file is unreadable); the message names it."""
 
 
-def read_run_json(path: str | Path, todo: str) -> dict:
-    """A JSON file of a run folder; RunFolderError naming it, what is wrong and ``todo`` when it is damaged.
+class DamagedRunFileError(RunFolderError):
+    """A file of a run folder is there but damaged (truncated, not the JSON or CSV it should be); ``path`` names it.
 
-    A damaged file (truncated by a full disk or a killed copy, or not a JSON object) is never
-    rewritten here: the message says it is left as it is.
+    The report skips such a run with a warning; every other reader stops with the message.
+    """
+
+    def __init__(self, message: str, path: str | Path):
+        super().__init__(message)
+        self.path = Path(path)
+
+
+def read_json_object(path: str | Path, todo: str, required: tuple[str, ...] = (),
+                     error: type[Exception] = DamagedRunFileError) -> dict:
+    """The JSON object in ``path``, holding at least the keys ``required``; ``error`` naming the file otherwise.
+
+    The message says what is damaged (not complete JSON, another JSON type, missing keys) and
+    ends with ``todo``; ``error`` is called as ``error(message, path)`` when it is a
+    DamagedRunFileError, else ``error(message)`` (e.g. tfseg.data's DataError for a manifest).
+    A damaged file is never rewritten here: the message says it is left as it is.
     """
     path = Path(path)
+
+    def damaged(what: str) -> Exception:
+        message = f"{path} is damaged: {what}. It is left as it is; {todo}"
+        return error(message, path) if issubclass(error, DamagedRunFileError) else error(message)
+
     try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunFolderError(f"{path} is damaged: not complete JSON ({err}; {path.stat().st_size} bytes). "
-                             f"It is left as it is; {todo}") from err
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise damaged(f"not text ({path.stat().st_size} bytes)") from err
     except OSError as err:
         raise RunFolderError(f"{path} cannot be read ({err.strerror or err}); {todo}") from err
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise damaged(f"not complete JSON ({err}; {path.stat().st_size} bytes)") from err
     if not isinstance(value, dict):
-        raise RunFolderError(f"{path} is damaged: a JSON {type(value).__name__}, not an object. It is left as it is; "
-                             f"{todo}")
+        raise damaged(f"a JSON {type(value).__name__}, not an object")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise damaged(f"no {', '.join(repr(k) for k in missing)} (a JSON object with {len(value)} "
+                      f"key{'' if len(value) == 1 else 's'})")
     return value
+
+
+def read_run_json(path: str | Path, todo: str) -> dict:
+    """A JSON object file of a run folder; DamagedRunFileError naming it, what is wrong and ``todo`` when damaged."""
+    return read_json_object(path, todo)
+
+
+# What each file must hold for its readers: the headline's fallback and the epochs trained (metrics.json), the
+# time-to-accuracy curve (history.csv), the per-patient DSC (per_patient.csv). Every committed result has them.
+METRICS_KEYS = ("best_val_volume_dsc", "epochs")
+HISTORY_COLUMNS = ("epoch", "val_volume_dsc")
+PER_PATIENT_COLUMNS = ("patient", "dsc_pre")
+_COPY_AGAIN = ("copy it again from the run folder, or run `tfseg train --resume RUN_DIR` there, which keeps it "
+               "aside and writes a new one from state.json")
+
+
+def read_metrics(run_dir: str | Path) -> dict | None:
+    """metrics.json of a run or results folder (None when training has not finished); checked like every run file."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return None
+    return read_json_object(path, f"train.py writes it at the end of training: {_COPY_AGAIN}", METRICS_KEYS)
 
 
 @dataclass
@@ -180,13 +230,13 @@ def load_run(path: str | Path) -> RunRecord:
     if not path.is_dir():
         raise RunFolderError(f"{path} is not a folder; give training run folders (written by `python train.py`) "
                           "or results folders (results/<budget>/<name>)")
-    config_file = _read_json(path / CONFIG)
-    metrics = _read_json(path / METRICS)
+    config_file = _read_json(path / CONFIG, "it holds the run's settings: copy it again from the run folder")
+    metrics = read_metrics(path)
     if config_file is None and metrics is None:
         raise RunFolderError(f"{path} holds neither config.json nor metrics.json: it is not a training run folder "
                           "or a results folder")
     eval_dir = find_evaluation(path)
-    summary = _read_json(eval_dir / SUMMARY) if eval_dir else None
+    summary = _read_json(eval_dir / SUMMARY, "run `tfseg evaluate` on the run again") if eval_dir else None
     per_patient = None
     if summary is not None and (eval_dir / PER_PATIENT).is_file():
         per_patient = read_per_patient_csv(eval_dir / PER_PATIENT)
@@ -207,32 +257,69 @@ def find_evaluation(path: Path) -> Path | None:
     return path / EVAL_DIR if (path / EVAL_DIR).is_dir() else None
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
+def _read_json(path: Path, todo: str) -> dict | None:
+    return read_json_object(path, todo) if path.is_file() else None
+
+
+def read_csv_rows(path: str | Path, columns: tuple[str, ...], todo: str) -> list[dict[str, str]]:
+    """The rows of a CSV file tfseg wrote, with at least ``columns``; DamagedRunFileError naming it otherwise.
+
+    Damaged means: not text, a header without one of ``columns``, a last row cut short (tfseg's
+    writer ends every row with a newline, so a file without one was truncated), or a row with
+    fewer or more cells than the header. The file is left as it is.
+    """
+    path = Path(path)
+
+    def damaged(what: str) -> DamagedRunFileError:
+        return DamagedRunFileError(f"{path} is damaged: {what}. It is left as it is; {todo}", path)
+
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunFolderError(f"{path} is not valid JSON ({err}); the run may still be writing it") from err
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise damaged(f"not text ({path.stat().st_size} bytes)") from err
+    except OSError as err:
+        raise RunFolderError(f"{path} cannot be read ({err.strerror or err}); {todo}") from err
+    if not text:
+        raise damaged("empty (0 bytes)")
+    if not text.endswith("\n"):
+        raise damaged(f"its last line is cut short (no line end after {text.splitlines()[-1][-40:]!r}; "
+                      f"{len(text.encode())} bytes)")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [column for column in columns if column not in header]
+    if missing:
+        raise damaged(f"its header {','.join(header)[:120]!r} lacks {', '.join(missing)}")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        if None in row or None in row.values():
+            cells = len(header) + len(row.get(None, [])) - sum(v is None for v in row.values())
+            raise damaged(f"line {line} has {cells} cells, the header {len(header)}")
+        rows.append(row)
+    return rows
 
 
 def read_per_patient_csv(path: str | Path) -> list[dict]:
     """Rows of evaluate.py's per_patient.csv, numbers as float (nan where a score is undefined)."""
-    with open(path, newline="") as f:
-        return [{k: v if k == "patient" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    rows = read_csv_rows(path, PER_PATIENT_COLUMNS, "run `tfseg evaluate` on the run again, or copy it again")
+    return [{k: v if k == "patient" else _cell(v, path, line, k) for k, v in row.items()}
+            for line, row in enumerate(rows, start=2)]
 
 
 def read_history_csv(path: str | Path) -> list[dict[str, float]]:
     """Rows of training's history.csv (one per epoch) as {column: float}; empty cells are nan."""
-    rows = []
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                rows.append({k: float(v) if v not in ("", None) else math.nan for k, v in row.items()})
-            except ValueError as err:
-                raise RunFolderError(f"{path}, line {line}: {err}; history.csv holds numbers only — copy it again "
-                                  "from the run folder (train.py writes it at the end of training)") from err
-    return rows
+    rows = read_csv_rows(path, HISTORY_COLUMNS, f"train.py writes it at the end of training: {_COPY_AGAIN}")
+    return [{k: _cell(v, path, line, k) for k, v in row.items()} for line, row in enumerate(rows, start=2)]
+
+
+def _cell(text: str, path, line: int, column: str) -> float:
+    """A CSV cell as a float (nan when empty); DamagedRunFileError naming the file, line and column otherwise."""
+    if text == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError as err:
+        raise DamagedRunFileError(f"{path} is damaged: line {line}, column {column} holds {text[:40]!r}, not a number. "
+                                  "It is left as it is; copy it again from the run folder", path) from err
 
 
 def as_number(value) -> float | None:

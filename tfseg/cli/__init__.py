@@ -16,8 +16,10 @@ import tfseg
 COMMANDS = {
     "train": "train a segmentation network (a run folder with checkpoints, best.keras, TensorBoard, an export)",
     "evaluate": "per-volume DSC / HD95 of a model or an ensemble, in both geometries, with plots and overlays",
+    "predict": "segment scans without masks (.tif patient folders or NIfTI): masks, volumes, uncertainty, viewer pages",
     "export": "export RUN_DIR/best.keras, or several models as one ensemble, as a SavedModel for serving",
     "cv": "patient-level K-fold cross-validation over every patient, scored out of fold",
+    "postprocess": "choose the post-processing (threshold, components) on a cross-validation's out-of-fold probabilities",
     "robustness": "DSC of an exported model under missing sequences, intensity changes, noise, blur, rotation, ...",
     "report": "a Markdown report comparing runs (tables, time to accuracy, seed groups, CV, radiogenomics)",
     "pack": "pack kaggle_3m into preprocessed TFRecord shards with a manifest (resumable, cached per patient)",

@@ -35,6 +35,13 @@ def build_parser(prog: str = "python evaluate.py"):
                    "member): a per-voxel map in the overlays, an 'uncertainty' score per patient in "
                    "per_patient.csv and its Spearman rho with the DSC in summary.json. The masks and scores "
                    "do not change; without --tta it costs one more prediction per slice")
+    p.add_argument("--postprocess", default=None, metavar="FILE",
+                   help="a postprocess.json (`tfseg postprocess`) whose rule is applied and scored beside the "
+                   "protocol's (default: the postprocess.json the model carries: beside its export, .keras file or "
+                   "in its run folder; none for an ensemble). The headline mean_dsc stays the protocol's")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write OUT/probabilities/<patient>.npz (both geometries' probabilities and truth, "
+                   "float16) for `tfseg postprocess`")
     return p
 
 
@@ -49,6 +56,7 @@ class EvalRequest:
     options: EvalOptions
     overlays: bool
     command: str
+    postprocess: str | None = None
 
 
 def request_from_args(argv: Sequence[str], prog: str = "python evaluate.py") -> EvalRequest:
@@ -56,9 +64,9 @@ def request_from_args(argv: Sequence[str], prog: str = "python evaluate.py") -> 
     argv = list(argv)
     args = build_parser(prog).parse_args(argv)
     options = EvalOptions(threshold=args.threshold, lcc=not args.no_lcc, tta=args.tta, batch_size=args.batch_size,
-                          uncertainty=args.uncertainty)
+                          uncertainty=args.uncertainty, keep_probabilities=args.save_probabilities)
     return EvalRequest(args.model, args.data, args.out, args.patients, options, not args.no_overlays,
-                       f"{prog} " + shlex.join(argv))
+                       f"{prog} " + shlex.join(argv), args.postprocess)
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -66,6 +74,14 @@ def summary_lines(summary: dict) -> list[str]:
     lines = [f"{summary['n_patients']} patients: mean DSC {summary['mean_dsc']:.4f} (median {summary['median_dsc']:.4f}); "
              f"native geometry {summary['mean_dsc_native']:.4f} (median {summary['median_dsc_native']:.4f}); "
              f"mean HD95 (native) {fixed(summary['mean_hd95_native'], 2)} px"]
+    rule = summary.get("postprocess") or {}
+    if "mean_dsc_rule" in summary:
+        source = f" from {rule['file']}" if rule.get("file") else ""
+        lines.append(f"with the rule {rule['describe']}{source}: mean DSC {summary['mean_dsc_rule']:.4f} "
+                     f"(median {summary['median_dsc_rule']:.4f}); native {summary['mean_dsc_rule_native']:.4f} "
+                     f"(median {summary['median_dsc_rule_native']:.4f}); the figures above are the protocol's")
+    if summary.get("suspect"):
+        lines.append(f"suspect masks, check them first: {', '.join(summary['suspect'])}")
     if "uncertainty" in summary:
         ranking = summary["uncertainty"]
         rho = ranking["spearman_rho_with_dsc"]
@@ -84,7 +100,8 @@ def main(argv=None, prog: str = "python evaluate.py") -> int:
         from tfseg.evaluation import evaluate_model
 
         summary = evaluate_model(request.models, request.data, request.out, request.patients, request.options,
-                                 overlays=request.overlays, command=request.command)
+                                 overlays=request.overlays, command=request.command,
+                                 postprocess=request.postprocess)
         print("\n".join(summary_lines(summary)))
 
     return run_command(action)  # ModelLoadError (EnsembleError among them) and DataError are TfsegErrors

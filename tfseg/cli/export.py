@@ -13,6 +13,10 @@ def build_parser(prog: str = "python -m tfseg.export"):
                         "image size; needs --out")
     parser.add_argument("--out", default=None, help="SavedModel folder to write (default: RUN_DIR/export; "
                         "required with --ensemble)")
+    parser.add_argument("--postprocess", default=None, metavar="FILE", help="a postprocess.json (`tfseg "
+                        "postprocess`) whose rule segment_volume applies; copied into the export (default: "
+                        "RUN_DIR/postprocess.json when there is one, else the protocol's threshold 0.5 + largest "
+                        "component)")
     return parser
 
 
@@ -28,8 +32,8 @@ def main(argv=None, prog: str = "python -m tfseg.export") -> int:
         from tfseg.export import export_ensemble, export_run
 
         if args.ensemble:
-            export_ensemble(args.ensemble, args.out)
+            export_ensemble(args.ensemble, args.out, args.postprocess)
         else:
-            export_run(args.run_dir, args.out)
+            export_run(args.run_dir, args.out, args.postprocess)
 
     return run_command(action, also=(FileNotFoundError, ValueError))

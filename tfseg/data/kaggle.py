@@ -175,3 +175,67 @@ def select_patients(scanned: list[PatientFiles], names: list[str] | None) -> lis
         # Scoring a patient twice would weigh it double in the mean: name each patient once.
         raise DataError(f"patients named more than once: {repeated[:5]}; name each patient once.")
     return [by_name[n] for n in names]
+
+
+# ----------------------------------------------------------------------------
+# Images only: a patient folder to segment (tfseg predict), whose masks may be absent.
+# ----------------------------------------------------------------------------
+
+def scan_images(folder: str | os.PathLike) -> PatientFiles:
+    """The image slices of one kaggle_3m-style patient folder, by file name only; ``_mask.tif`` files are ignored.
+
+    Slices are ``<name>_<n>.tif`` with one ``<name>`` for the whole folder (not necessarily the folder's
+    own name) and ``n`` = 1..S without a gap. Returns PatientFiles with ``patient`` = ``<name>`` and no
+    masks. Raises DataError naming the folder or file: no slices, two names, an unexpected ``.tif``
+    name, or a gap in the numbers.
+    """
+    folder = Path(folder)
+    images: dict[int, Path] = {}
+    names = set()
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.endswith(".tif"):
+            continue
+        match = _SLICE_RE.match(path.name)
+        if match is None:
+            raise DataError(f"{path}: unexpected file name; slices must be named <name>_<n>.tif (n = 1, 2, ...), "
+                            "as in kaggle_3m. Remove or rename it.")
+        if match["mask"]:
+            continue  # a manual mask beside the images: not needed to segment them
+        names.add(match["patient"])
+        images[int(match["n"])] = path
+    if not images:
+        raise DataError(f"{folder} holds no image slices (<name>_<n>.tif files); give a patient folder of kaggle_3m "
+                        "slices, a folder of such folders, or NIfTI files")
+    if len(names) > 1:
+        raise DataError(f"{folder} holds slices of several scans ({', '.join(sorted(names)[:3])}); put each scan's "
+                        "<name>_<n>.tif slices in a folder of its own")
+    numbers = sorted(images)
+    if numbers != list(range(1, len(numbers) + 1)):
+        missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+        raise DataError(f"{folder}: slice numbers have a gap (missing {names.pop()}_{missing[0]}.tif"
+                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                        + "); slices must be numbered 1..S without gaps. Restore the missing slices.")
+    return PatientFiles(names.pop(), folder, tuple(images[n] for n in numbers), ())
+
+
+def read_images(files: PatientFiles) -> np.ndarray:
+    """The image slices of :func:`scan_images`, checked and stacked: (S, H, W, 3) uint8.
+
+    Every slice must be (H, W, 3) uint8 (pre-contrast, FLAIR, post-contrast, as kaggle_3m) of one size;
+    256×256 is kaggle_3m's, other sizes are accepted. Raises DataError naming the first slice that is not.
+    """
+    slices = []
+    for path in files.images:
+        image = _read_tiff(path)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise DataError(f"{path}: image has shape {image.shape}, expected (H, W, 3): three channels "
+                            "(pre-contrast, FLAIR, post-contrast) as kaggle_3m slices. For other data use NIfTI "
+                            "(--flair for FLAIR alone)")
+        if image.dtype != np.uint8:
+            raise DataError(f"{path}: image has dtype {image.dtype}, expected uint8 as kaggle_3m slices; "
+                            "convert the slices, or give the scan as NIfTI (any intensity type)")
+        if slices and image.shape != slices[0].shape:
+            raise DataError(f"{path}: slice of size {image.shape[:2]}, but {files.images[0].name} is "
+                            f"{slices[0].shape[:2]}; every slice of a scan must have one size")
+        slices.append(image)
+    return np.stack(slices)

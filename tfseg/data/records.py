@@ -18,7 +18,6 @@ the preprocessing parameters, and per patient its shard, SHA-256 and slice count
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -90,19 +89,38 @@ def parse_example(serialized, image_size: int) -> dict:
     return ex
 
 
+# What every reader of a manifest needs, at the top and per patient (docs/reference/tfrecords.md).
+MANIFEST_KEYS = ("format_version", "image_size", "patients")
+PATIENT_KEYS = ("shard", "sha256", "slices")
+
+
 def read_manifest(folder: str | os.PathLike) -> dict:
-    """The manifest of a packed folder; a clear DataError when there is none."""
+    """The manifest of a packed folder, checked; DataError naming it and saying what to do when it is
+    missing, damaged (truncated, not a JSON object, without the keys above) or of another format version.
+
+    Every reader of a manifest.json goes through here. A damaged manifest is left as it is; packing
+    again (``tfseg pack``) writes a new one.
+    """
+    from tfseg.runs import read_json_object
+
     path = Path(folder) / MANIFEST
+    repack = f"pack again with `tfseg pack --data ./kaggle_3m --out {folder}` (it writes a new manifest)."
     if not path.is_file():
         raise DataError(f"{folder} is not a packed TFRecord folder (no {MANIFEST}); pack it with "
-                        f"`python -m tfseg.data.pack --data ./kaggle_3m --out {folder}`.")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON ({err}); repack with `python -m tfseg.data.pack`.") from err
+                        f"`tfseg pack --data ./kaggle_3m --out {folder}`.")
+    manifest = read_json_object(path, repack, MANIFEST_KEYS, error=DataError)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path} has format version {manifest.get('format_version')}, this tfseg reads "
-                        f"{FORMAT_VERSION}; repack with `python -m tfseg.data.pack`.")
+                        f"{FORMAT_VERSION}; {repack}")
+    patients = manifest["patients"]
+    if not isinstance(patients, dict):
+        raise DataError(f"{path} is damaged: \"patients\" is a JSON {type(patients).__name__}, not an object. "
+                        f"It is left as it is; {repack}")
+    for name, entry in patients.items():
+        missing = [key for key in PATIENT_KEYS if key not in entry] if isinstance(entry, dict) else list(PATIENT_KEYS)
+        if missing:
+            raise DataError(f"{path} is damaged: patient {name} has no {', '.join(missing)}. It is left as it is; "
+                            f"{repack}")
     return manifest
 
 

@@ -95,10 +95,17 @@ def _load_keras(path: Path, run_dir: Path | None, image_size: int | None) -> Loa
     import tfseg.models  # noqa: F401
 
     try:
-        model = keras.models.load_model(path, compile=False)
+        # Safe mode (Keras's default, stated here so that it stays): a .keras file whose config would run Python
+        # code on loading (a Lambda layer's pickled function) is refused, never executed.
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as err:  # keras raises many types (zipfile, ValueError, OSError) for a bad file
         import zipfile
 
+        if needs_unsafe_deserialization(err):
+            raise ModelLoadError(f"{path} is refused: it holds Python code that runs when it is loaded (a Lambda "
+                                 "layer or another pickled function), which Keras's safe mode does not execute and "
+                                 "tfseg never loads unsafely. Use a model built from tfseg's architectures (every "
+                                 "tfseg model loads in safe mode), or its SavedModel export") from err
         what = (f"is damaged: not a complete .keras archive ({path.stat().st_size} bytes; a truncated copy?)"
                 if not zipfile.is_zipfile(path) else f"cannot be read as a Keras model ({type(err).__name__}: {err})")
         raise ModelLoadError(f"{path} {what}. It is left as it is; copy it again from where it came from, or "
@@ -112,6 +119,12 @@ def _load_keras(path: Path, run_dir: Path | None, image_size: int | None) -> Loa
 
     return LoadedModel(path, "keras", predict, size, sha256_file(path), run_dir, run_config,
                        context=int(model.inputs[0].shape[-1]) // 3, network=model)
+
+
+def needs_unsafe_deserialization(err: BaseException) -> bool:
+    """Whether Keras refused a file because loading it would run code (its message points at ``safe_mode=False``)."""
+    text = str(err)
+    return "safe_mode" in text or "unsafe_deserialization" in text
 
 
 def open_saved_model(path: Path, signature_name: str):

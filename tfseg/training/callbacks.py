@@ -22,6 +22,7 @@ from tfseg.data.pipeline import SliceTable, validation_dataset
 from tfseg.fileio import atomic_path, remove_dead_temporaries, write_csv_atomic, write_json_atomic
 from tfseg.metrics import score_slices
 from tfseg.postprocess import THRESHOLD
+from tfseg.training.resume import checkpoint_files, prune_checkpoints
 from tfseg.visualize import FLAIR_CHANNEL, dsc_bar_chart, figure_to_array, grid, overlay
 
 
@@ -147,8 +148,9 @@ class ResumeState(keras.callbacks.Callback):
     ``checkpoints/epoch-<E>`` (tf.train.Checkpoint: weights, optimizer, augmentation
     RNG state) is written first; ``state.json`` (epoch, best, elapsed time, history)
     is then replaced atomically to point at it, so an interruption at any moment
-    leaves a complete previous checkpoint. A run stopped by a non-finite loss
-    keeps its last good checkpoint.
+    leaves a complete previous checkpoint. The previous epoch's checkpoint is kept
+    too (tfseg.training.resume falls back to it when the last one is damaged). A run
+    stopped by a non-finite loss keeps its last good checkpoint.
     """
 
     def __init__(self, run_dir: Path, checkpoint: tf.train.Checkpoint, state: dict, best: BestModel, clock,
@@ -161,7 +163,6 @@ class ResumeState(keras.callbacks.Callback):
         if logs is None or not all(math.isfinite(float(v)) for v in logs.values()):
             return
         prefix = self.checkpoint.write(str(self.run_dir / runs.CHECKPOINTS / f"epoch-{epoch + 1}"))
-        previous = self.state.get("checkpoint")
         self.state.update(epoch=epoch + 1, checkpoint=os.path.relpath(prefix, self.run_dir),
                           best_val_volume_dsc=self.best.best, best_epoch=self.best.best_epoch,
                           best_val_volume_dsc_median=self.best.best_median,
@@ -172,17 +173,15 @@ class ResumeState(keras.callbacks.Callback):
         record.update(train_seconds=self.state["train_seconds"], images_seen=(epoch + 1) * self.images_per_epoch)
         self.state.setdefault("history", []).append(record)
         write_json_atomic(self.run_dir / runs.STATE, self.state)
-        if previous:
-            for path in (self.run_dir / runs.CHECKPOINTS).glob(Path(previous).name + ".*"):
-                path.unlink(missing_ok=True)
+        prune_checkpoints(self.run_dir, epoch + 1)  # the previous epoch's stays: resume's fallback if this one is damaged
 
 
 def remove_unfinished_writes(run_dir: Path, state: dict) -> list[Path]:
     """Delete what a run killed mid-write (kill -9, power loss) left in ``run_dir``; returns the paths.
 
     That is: temporary JSON files of dead processes, a half-saved best model, and in
-    ``checkpoints/`` TensorFlow's ``*_temp`` folders and any checkpoint newer than the one
-    ``state.json`` points at (written, but the run died before recording it). Call it from
+    ``checkpoints/`` TensorFlow's ``*_temp`` folders, any other file, and any checkpoint newer than the
+    one ``state.json`` points at (written, but the run died before recording it). Call it from
     the one process that writes ``run_dir`` before training starts.
     """
     run_dir = Path(run_dir)
@@ -190,11 +189,11 @@ def remove_unfinished_writes(run_dir: Path, state: dict) -> list[Path]:
         return []
     removed = remove_dead_temporaries(run_dir)
     leftovers = [run_dir / ".best-tmp.keras", run_dir / ".history.csv.tmp"]
-    current = Path(state["checkpoint"]).name if state.get("checkpoint") else None
+    current = int(state.get("epoch", 0)) if state.get("checkpoint") else 0
     checkpoints = run_dir / runs.CHECKPOINTS
     if checkpoints.is_dir():
-        leftovers += [path for path in checkpoints.iterdir()
-                      if "_temp" in path.name or path.name.split(".")[0] != current]
+        kept = {path for epoch, paths in checkpoint_files(run_dir).items() if epoch <= current for path in paths}
+        leftovers += [path for path in checkpoints.iterdir() if path not in kept]
     for path in leftovers:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -36,6 +36,7 @@ from tfseg.training.config import TrainConfig
 from tfseg.training.runtime import (FIRST_STEP_EXTRA_SECONDS, ClusterError, Watchdog, choose_strategy, cluster_spec,
                                     code_version, cpu_has_bf16, cpu_model, describe, is_chief, machine_info,
                                     set_precision, worker_timeout)
+from tfseg.training.resume import read_resume_state, resumable_state, set_aside_if_damaged
 from tfseg.training.schedules import PlannedSchedule
 from tfseg.training.trainer import AugmentedTrainer
 
@@ -109,7 +110,7 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
                 raise runs.RunFolderError(f"{run_dir / runs.CONFIG} has no \"config\" settings: it was not written by "
                                           "train.py; restore it from a copy, or start a new run")
             config = TrainConfig.from_dict({**stored["config"], **(overrides or {})})
-            state = read_resume_state(run_dir)
+            state = resumable_state(run_dir, read_resume_state(run_dir), config.batch_size, write=chief)
             if overrides and ("epochs" in overrides or "time_budget_minutes" in overrides):
                 # Training a run longer (or on a new budget) plans its schedule and stop anew.
                 state.pop("planned_epochs", None)
@@ -120,22 +121,6 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
         finally:
             if not chief:
                 shutil.rmtree(out, ignore_errors=True)
-
-
-def read_resume_state(run_dir: Path) -> dict:
-    """state.json of a run to resume ({} when training never finished an epoch); an error when it is damaged.
-
-    The checkpoint to resume from is the one state.json names (with its epoch, schedule and
-    history); with state.json damaged no checkpoint can be proved consistent with it, so resume
-    refuses rather than guess, and says which checkpoints are there.
-    """
-    path = run_dir / runs.STATE
-    if not path.is_file():
-        return {}
-    kept = sorted(p.name.split(".")[0] for p in (run_dir / runs.CHECKPOINTS).glob("epoch-*.index"))
-    return runs.read_run_json(path, "--resume needs it to know the epoch, the learning-rate plan and the history "
-                              f"that go with a checkpoint (kept: {', '.join(kept) or 'none'} in {run_dir / runs.CHECKPOINTS}). "
-                              "Restore state.json from a copy, or start a new run with another --logdir")
 
 
 def _train(config: TrainConfig, strategy, run_dir: Path, out: Path, state: dict, export: bool) -> dict:
@@ -317,6 +302,9 @@ def _flags(config: TrainConfig) -> str:
 def _final_metrics(run_dir: Path, config: TrainConfig, state: dict, steps: int, precision: str,
                    budget_stopped: bool) -> dict:
     history = state.get("history", [])
+    # Both are written anew from state.json; a damaged one of an earlier end of training is kept aside.
+    set_aside_if_damaged(run_dir / runs.HISTORY, runs.read_history_csv)
+    set_aside_if_damaged(run_dir / runs.METRICS, lambda path: runs.read_metrics(path.parent))
     cb.save_history_csv(run_dir / runs.HISTORY, history)
     epochs_done = int(state.get("epoch", 0))
     train_seconds = float(state.get("train_seconds", 0.0))
