@@ -47,6 +47,7 @@ from pathlib import Path
 
 from tfseg.fileio import atomic_path
 from tfseg.markdown import DASH, fixed as _fixed, table as _table, text as _text
+from tfseg.report_reference import reference_section, time_pairs as time_pair_records
 from tfseg.report_studies import (CVFolder, RadiogenomicsFolder, cv_section, folder_figures,
                                   load_cv, load_folders, load_radiogenomics, radiogenomics_section)
 from tfseg.runs import EVAL_DIR, DamagedRunFileError, RunFolderError, RunRecord, as_number, load_run
@@ -345,14 +346,18 @@ class ReportFigures:
 
 def build_report(run_dirs: list[str | Path], output: str | Path, title: str = DEFAULT_TITLE,
                  notes: str | Path | None = None, baseline: str | None = None,
-                 cv: list[str | Path] | None = None, radiogenomics: list[str | Path] | None = None) -> Path:
+                 cv: list[str | Path] | None = None, radiogenomics: list[str | Path] | None = None,
+                 recommended: str | None = None, time_pairs: list[tuple[str, str]] = (),
+                 time_runs: list[str | Path] = ()) -> Path:
     """Write the Markdown report of ``run_dirs`` to ``output`` (and its figures beside it); returns its path.
 
     title: the report's heading; notes: a Markdown file inserted verbatim after the tables (the hand-written
     analysis, kept in its own file so the report can be regenerated); baseline: the name of the run the best
     one is compared with (default: a run whose name contains 'reference-settings'); cv: folders of
-    ``python -m tfseg.cv``; radiogenomics: folders of ``python -m tfseg.radiogenomics``, the manual masks first.
-    Everything is read and checked before anything is written.
+    ``python -m tfseg.cv``; radiogenomics: folders of ``python -m tfseg.radiogenomics``, the manual masks first;
+    recommended: a run of the recipe the reference program's runs are compared with; time_pairs: (tfseg run,
+    program run) names timed on the same machine, looked up among the runs and ``time_runs`` (folders loaded for
+    that table only). Everything is read and checked before anything is written.
     """
     if not run_dirs:
         raise ReportError("give at least one run folder")
@@ -360,6 +365,8 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str = DE
     notes_text = read_notes(notes, output) if notes else None
     runs, skipped = load_runs(run_dirs)
     base = choose_baseline(runs, baseline)
+    timed = time_pair_records(runs, [load_run(path) for path in time_runs], list(time_pairs))
+    reference = reference_section(runs, recommended, timed)
     cv_folders, rg_folders = load_folders(load_cv, cv), load_folders(load_radiogenomics, radiogenomics)
     figures, prefix = output.parent / "figures", output.stem
     time_png, estimated = time_to_accuracy_figure(runs, figures, prefix)
@@ -367,7 +374,7 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str = DE
                           comparison_figure(runs, figures, prefix), case_figures(runs[0], figures, prefix))
     drawn.cv, drawn.radiogenomics = folder_figures(cv_folders, rg_folders, figures, prefix)
     text = render(runs, output.parent, drawn, title=title, notes=notes_text, cv=cv_folders,
-                  radiogenomics=rg_folders, skipped=skipped)
+                  radiogenomics=rg_folders, skipped=skipped, reference=reference)
     with atomic_path(output) as tmp:
         tmp.write_text(text)
     return output
@@ -407,10 +414,12 @@ def read_notes(path: str | Path, output: Path) -> str:
 
 def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title: str = DEFAULT_TITLE,
            notes: str | None = None, cv: list[CVFolder] = (),
-           radiogenomics: list[RadiogenomicsFolder] = (), skipped: list[tuple[Path, Exception]] = ()) -> str:
+           radiogenomics: list[RadiogenomicsFolder] = (), skipped: list[tuple[Path, Exception]] = (),
+           reference: list[str] = ()) -> str:
     """The report's Markdown: header, results and settings tables, notes verbatim, the figure sections, then
     cross-validation and radiogenomics when given, and how to reproduce each run. ``skipped``: (run folder,
-    error) of runs left out because a file of theirs is damaged; they are listed under the results table."""
+    error) of runs left out because a file of theirs is damaged; they are listed under the results table.
+    ``reference``: the lines of the reference program's section (tfseg.report_reference), after the seed groups."""
     rel = lambda p: os.path.relpath(p, report_dir).replace(os.sep, "/")  # noqa: E731
     lines = [f"# {title}", "",
              f"Generated {datetime.now().isoformat(timespec='seconds')} from {len(runs)} run(s). Protocol: "
@@ -430,6 +439,7 @@ def render(runs: list[RunRecord], report_dir: Path, drawn: ReportFigures, title:
     lines += _time_section(drawn, rel)
     lines += _baseline_section(runs[0], drawn, rel)
     lines += _seed_section(runs, drawn.baseline)
+    lines += list(reference)
     lines += ["## Per-patient DSC of every run", ""]
     lines += ([f"![per-patient DSC of every run]({rel(drawn.per_patient)})", ""] if drawn.per_patient
               else ["No run has per-patient scores.", ""])

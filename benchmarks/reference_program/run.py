@@ -29,12 +29,13 @@ from pathlib import Path
 
 from tfseg import runs
 from tfseg.fileio import sha256_file, write_csv_atomic, write_json_atomic
+from tfseg.report_reference import REFERENCE_PROGRAM_ARCH
 
 HERE = Path(__file__).resolve().parent
 
 SETTINGS = {"image_size": 128, "epochs": 12, "batch_size": 16}
 # The program's own defaults (its train.py), recorded so the report's settings table reads like tfseg's runs.
-PROGRAM_DEFAULTS = {"arch": "unet (reference program)", "base_filters": 32, "loss": "dice", "optimizer": "adam",
+PROGRAM_DEFAULTS = {"arch": REFERENCE_PROGRAM_ARCH, "base_filters": 32, "loss": "dice", "optimizer": "adam",
                     "lr": 1e-4, "schedule": "constant", "preset": "cpu-128", "val_cases": 10,
                     "augment": {"scale": 0.05, "rotation": 15.0, "flip": 0.5}}
 EPOCH_RECORDS = "epochs.jsonl"

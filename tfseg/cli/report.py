@@ -26,6 +26,17 @@ def build_parser(prog: str = "python -m tfseg.report"):
                         "features.csv, figure.png): adds the radiogenomics section, its p-values beside the "
                         "paper's; give it once per folder, the manual masks first (the others are compared "
                         "with it)")
+    parser.add_argument("--recommended", metavar="NAME",
+                        help="a run of the tfseg recipe that the reference program's runs (results/reference-program/"
+                        "run-*, given among the runs) are compared with: its seed group against theirs, per patient, "
+                        "with the paired Wilcoxon test")
+    parser.add_argument("--time-pair", nargs=2, metavar=("TFSEG_RUN", "PROGRAM_RUN"), action="append", default=[],
+                        help="two run names trained on the same machine in the same session: training minutes of each "
+                        "until the validation mean first reaches the program run's final figure (their config.json "
+                        "must record the same machine); repeatable")
+    parser.add_argument("--time-run", metavar="DIR", action="append", default=[],
+                        help="a run folder loaded for --time-pair only (e.g. a same-seed rerun kept out of the tables "
+                        "and seed groups); repeatable")
     return parser
 
 
@@ -36,7 +47,8 @@ def main(argv=None, prog: str = "python -m tfseg.report") -> int:
         from tfseg.report import build_report
 
         path = build_report(args.runs, args.output, title=args.title, notes=args.notes, baseline=args.baseline,
-                            cv=args.cv, radiogenomics=args.radiogenomics)
+                            cv=args.cv, radiogenomics=args.radiogenomics, recommended=args.recommended,
+                            time_pairs=[tuple(pair) for pair in args.time_pair], time_runs=args.time_run)
         print(f"wrote {path}")
 
     return run_command(action)
