@@ -126,3 +126,23 @@ def test_an_oblique_axis_at_45_degrees_is_ambiguous(tmp_path):
     path = save(tmp_path / "scan.nii.gz", np.ones((6, 5, 4, 3), np.float32), affine)
     with pytest.raises(nifti.NiftiError, match="orientation is ambiguous.*resample"):
         nifti.read_4d(path)
+
+
+def test_probabilities_are_written_as_16_bit_steps_that_readers_scale_back(tmp_path):
+    from nibabel.spatialimages import HeaderDataError
+
+    with pytest.raises(HeaderDataError):  # why not float16: NIfTI (and nibabel) has no such data type
+        nibabel.Nifti1Header().set_data_dtype(np.float16)
+    ras = np.random.default_rng(3).integers(1, 1000, size=(7, 6, 5, 3)).astype(np.int16)
+    data, affine = oriented(ras, (2, 0, 1), (True, False, True))
+    scan = nifti.read_4d(save(tmp_path / "scan.nii.gz", data, affine))
+    probabilities = np.random.default_rng(4).random(scan.image.shape[:3]).astype(np.float32)
+    probabilities[0, 0, :3] = (0.0, 1.0, 1.5)  # the ends exactly, and a value beyond them clipped
+    written = nibabel.load(nifti.write_probabilities_like(tmp_path / "p.nii.gz", probabilities, scan))
+    assert written.get_data_dtype() == np.uint16 and int(written.header["bitpix"]) == 16
+    assert written.dataobj.slope == pytest.approx(1 / nifti.PROBABILITY_STEPS, rel=1e-6) and written.dataobj.inter == 0
+    assert written.shape == data.shape[:3] and np.array_equal(written.affine, nibabel.load(tmp_path / "scan.nii.gz").affine)
+    expected = nifti.to_input_grid(np.clip(probabilities, 0, 1), scan)
+    values = written.get_fdata()
+    assert np.abs(values - expected).max() <= 0.5 / nifti.PROBABILITY_STEPS + 1e-7  # one rounding step at most
+    assert values.min() == 0.0 and 1 - 1e-6 < values.max() <= 1.0

@@ -1,4 +1,5 @@
 """Specification of tfseg.robustness: the served model under perturbations of the raw slices."""
+import csv
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ from test_serving import SIZE, flair_threshold_model
 from tfseg.cli import robustness as robustness_cli
 from tfseg import export, robustness
 from tfseg.data.kaggle import PatientVolume, read_patient, scan_folder
+from tfseg.data.preprocess import preprocess_volume
 from tfseg.evaluation import evaluate_patient
 from tfseg.robustness import FLAIR, POST, PRE, PERTURBATIONS, perturb, perturbation_rng, score_patient
 
@@ -228,7 +230,7 @@ def run_dir(served, phantom_dir, tmp_path_factory):
     return run
 
 
-def test_command_line_scores_the_runs_validation_patients_under_every_perturbation(run_dir, tmp_path):
+def test_command_line_scores_the_runs_validation_patients_under_every_perturbation(run_dir, tmp_path, capsys):
     out = tmp_path / "robust"
     assert robustness_cli.main(["--model", str(run_dir), "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["figure.png", "robustness.csv", "summary.json", "table.md"]
@@ -238,12 +240,22 @@ def test_command_line_scores_the_runs_validation_patients_under_every_perturbati
     assert summary["order"] == list(PERTURBATIONS) and set(summary["perturbations"]) == set(PERTURBATIONS)
     assert summary["perturbations"]["clean"]["drop_mean"] == 0.0
     rows = (out / "robustness.csv").read_text().splitlines()
-    assert rows[0] == "patient,perturbation,kind,dsc,drop,pred_voxels,true_voxels"
+    assert rows[0] == ("patient,perturbation,kind,dsc,drop,pred_voxels,true_voxels,kept_mass,uncertainty,suspect,"
+                       "suspect_reasons")
     assert len(rows) == 1 + len(validation) * len(PERTURBATIONS)
+    # Every served mask is judged (the export's serving_default gives the probabilities): no empty cell.
+    judged = list(csv.DictReader(rows))
+    assert all(r["suspect"] in ("0", "1") and 0.0 <= float(r["kept_mass"]) <= 1.0 and r["uncertainty"] for r in judged)
+    suspect = [r for r in judged if r["suspect"] == "1"]
+    assert capsys.readouterr().err.count(": suspect mask: ") == len(suspect) == summary_n_suspect(summary)
     table = (out / "table.md").read_text()
     assert all(f"| {name} |" in table for name in PERTURBATIONS)
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["model"]["path"] == str(run_dir / "export")
+
+
+def summary_n_suspect(summary):
+    return sum(entry["n_suspect"] for entry in summary["perturbations"].values())
 
 
 def test_export_folder_of_a_run_uses_the_parent_runs_split_and_reruns_identically(run_dir, phantom_dir, tmp_path):
@@ -271,3 +283,74 @@ def test_a_run_without_an_export_and_an_unknown_perturbation_are_errors_that_say
     assert "python -m tfseg.export" in capsys.readouterr().err
     assert robustness_cli.main(["--model", str(tmp_path), "--perturbations", "snow"]) == 2
     assert "unknown perturbations ['snow']" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# Suspect masks: a perturbed volume whose largest component is a false positive is flagged, never a hidden 0
+# ----------------------------------------------------------------------------
+
+DECOYED = "blur_1"
+
+
+def decoy_oracle(volume, perturbation, image_size):
+    """A predict function keyed on the preprocessed slices (as tests/test_evaluate.py's decoy_oracle): the true
+    mask at 0.99 on the clean slices; on the perturbed ones also, on every tumour slice, a square false positive
+    of 1.5 times the tumour's area at 0.52 (less summed probability than the tumour), placed inside the crop
+    and away from its padding so it stays the larger component on the native slices. It answers the
+    left-right flipped slices too (the judge predicts the flip), with its answer flipped."""
+    answers = {}
+
+    def learn(image, decoy):
+        slices, mask, _ = preprocess_volume(image, volume.mask, image_size)
+        for x, truth in zip(slices, mask):
+            answer = 0.99 * (truth > 0).astype(np.float32)
+            area = int(np.count_nonzero(truth))
+            if decoy and area:
+                side = int(np.ceil(np.sqrt(1.5 * area)))
+                answer[8:8 + side, 8:8 + side] = 0.52
+            answers[x.tobytes()] = answer
+            answers[np.ascontiguousarray(x[:, ::-1]).tobytes()] = np.ascontiguousarray(answer[:, ::-1])
+
+    learn(volume.image, decoy=False)
+    learn(apply(perturbation, volume.image, patient=volume.patient), decoy=True)
+
+    def predict(batch):
+        return np.stack([answers[x.tobytes()] for x in batch])
+
+    return predict
+
+
+def test_a_perturbation_whose_largest_component_is_a_false_positive_is_flagged_suspect_with_a_warning(
+        phantom_dir, tmp_path, capsys):
+    from tfseg.predict import segment as predict_scan
+
+    volume = read_patient(scan_folder(phantom_dir)[0])
+    oracle = decoy_oracle(volume, DECOYED, SIZE)
+    segment = lambda slices: predict_scan(slices, [oracle], SIZE).mask  # noqa: E731  (the served mask, in numpy)
+    judge = robustness.probability_judge([oracle], SIZE)
+    summary = robustness.run_robustness(phantom_dir, segment, tmp_path, [volume.patient], [DECOYED], progress=False,
+                                        judge=judge)
+    with open(tmp_path / "robustness.csv") as f:
+        rows = {row["perturbation"]: row for row in csv.DictReader(f)}
+    clean, decoyed = rows["clean"], rows[DECOYED]
+    assert float(clean["dsc"]) > 0.9 and clean["suspect"] == "0" and float(clean["kept_mass"]) == 1.0
+    assert float(decoyed["dsc"]) == 0.0  # the false positive is the component kept
+    assert decoyed["suspect"] == "1" and float(decoyed["kept_mass"]) < 0.5 and float(decoyed["uncertainty"]) == 0.0
+    assert decoyed["suspect_reasons"].startswith("the kept component holds only")
+    err = capsys.readouterr().err
+    assert err.count("suspect mask") == 1
+    assert f"warning: {volume.patient} under {DECOYED}: suspect mask: the kept component holds only" in err
+    assert summary["suspect"] == [{"patient": volume.patient, "perturbation": DECOYED,
+                                   "reasons": decoyed["suspect_reasons"]}]
+    assert (summary["perturbations"]["clean"]["n_suspect"], summary["perturbations"][DECOYED]["n_suspect"]) == (0, 1)
+    assert (tmp_path / "table.md").read_text().splitlines()[-1].endswith("| 1 |")
+
+
+def test_without_a_judge_the_suspect_columns_are_empty_not_zero(phantom_dir, tmp_path):
+    name = scan_folder(phantom_dir)[0].patient
+    summary = robustness.run_robustness(phantom_dir, flair_above(100), tmp_path, [name], [], progress=False)
+    with open(tmp_path / "robustness.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert (row["kept_mass"], row["suspect"], row["suspect_reasons"]) == ("", "", "")  # not judged: no claim
+    assert summary["suspect"] is None and "| — |" in (tmp_path / "table.md").read_text()
+

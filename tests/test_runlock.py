@@ -79,3 +79,25 @@ def test_a_lock_of_another_host_is_respected_and_the_message_says_how_to_release
     with pytest.raises(RunLockedError, match="if that host is gone, delete"):
         with hold_run(run):
             pass
+
+
+def test_evaluate_on_a_run_still_training_scores_the_best_keras_of_now_and_says_so(holder_process, phantom_dir,
+                                                                                  tmp_path, capsys):
+    from test_serving import SIZE, flair_threshold_model
+
+    from tfseg.cli import evaluate as evaluate_cli
+    from tfseg.data.kaggle import scan_folder
+
+    process, run = holder_process
+    flair_threshold_model().save(run / "best.keras")  # the best epoch so far, as the training writes it
+    names = [f.patient for f in scan_folder(phantom_dir)]
+    (run / "config.json").write_text(json.dumps({"config": {"data": str(phantom_dir), "image_size": SIZE},
+                                                 "split": {"training": names[:2], "validation": names[2:]}}))
+    out = tmp_path / "eval"
+    assert evaluate_cli.main(["--model", str(run), "--out", str(out), "--no-overlays"]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {run} is still training (process {process.pid} on " in err and "holder for the test" in err
+            and "evaluating the weights best.keras holds now, the best epoch so far" in err), err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["patients"] == names[2:] and 0.0 <= summary["mean_dsc"] <= 1.0  # it scored
+    assert read_holder(run)["pid"] == process.pid  # the training's lock is left alone

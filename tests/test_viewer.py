@@ -1,5 +1,6 @@
 """The self-contained case viewer (tfseg.viewer): the file without a browser, then the page in headless Chromium."""
 import base64
+import contextlib
 import io
 import json
 import os
@@ -205,17 +206,18 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def opened(browser, case_page):
-    """(page, problems): the case page loaded; problems collects console errors, page errors and every request
-    that is neither the page's own file nor a data: URI (web requests are also aborted)."""
+@contextlib.contextmanager
+def open_page(browser, path):
+    """(page, problems): the page at ``path`` loaded; problems collects console errors, page errors and every
+    request that is neither the page's own file nor a data: URI (web requests are also aborted). On leaving,
+    there must be none."""
     page = browser.new_page()
     problems, requests = [], []
     page.on("console", lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"))
     page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
     page.on("request", lambda request: requests.append(request.url))
     page.route(re.compile(r"^(https?|wss?|ftp)://"), lambda route: route.abort())
-    url = case_page.as_uri()
+    url = path.as_uri()
     page.goto(url)
     page.wait_for_load_state("load")
     yield page, problems
@@ -223,6 +225,13 @@ def opened(browser, case_page):
     problems.extend(f"request: {r}" for r in requests if r != url and not r.startswith("data:"))
     page.close()
     assert problems == []
+
+
+@pytest.fixture
+def opened(browser, case_page):
+    """(page, problems): the synthetic case page loaded (see :func:`open_page`)."""
+    with open_page(browser, case_page) as opened:
+        yield opened
 
 
 def src(page, selector):
@@ -292,3 +301,43 @@ def test_base_toggle_changes_the_base_image(opened):
     assert src(page, "#view-base") == layers["base"]["flair"][LARGEST - 1]
     assert page.text_content("#slice-number") == str(LARGEST)
 
+
+
+# ----------------------------------------------------------------------------
+# A page that `tfseg predict` wrote, in the browser.
+# ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def predicted_page(tmp_path_factory):
+    """OUT/<case>/view.html as `tfseg predict` writes it: a tiny untrained net (tests/tiny_models.py) on one
+    phantom patient of 8 native 256 x 256 slices."""
+    from tfseg.cli.predict import main
+    from tfseg.data.phantom import write_phantom
+    from tiny_models import conv_model
+
+    root = tmp_path_factory.mktemp("predicted")
+    patient = next(p for p in write_phantom(root / "kaggle_3m", n_patients=1, n_slices=8, seed=1).iterdir()
+                   if p.is_dir())
+    out = root / "out"
+    assert main(["--model", str(conv_model(root / "conv.keras")), "--input", str(patient), "--out", str(out),
+                 "--no-progress"]) == 0
+    return out / patient.name / "view.html"
+
+
+def test_a_page_written_by_predict_loads_offline_and_its_slider_changes_the_slice(browser, predicted_page):
+    with open_page(browser, predicted_page) as (page, problems):
+        layers = page_data_from(page)
+        assert len(layers["base"]["flair"]) == 8 and sorted(layers) == ["base", "mask", "probability", "uncertainty"]
+        assert page.title() == predicted_page.parent.name
+        assert page.evaluate("[...document.querySelectorAll('#view img')].filter(i => i.src).every(i => i.complete "
+                             "&& i.naturalWidth === 256)")
+        start = int(page.input_value("#slice"))
+        before = page.locator("#view").screenshot()
+        target = 1 if start != 1 else 2
+        page.eval_on_selector("#slice", "(el, value) => { el.value = value; "
+                              "el.dispatchEvent(new Event('input', {bubbles: true})); }", str(target))
+        assert page.text_content("#slice-number") == str(target)
+        assert src(page, "#view-base") == layers["base"]["flair"][target - 1] != layers["base"]["flair"][start - 1]
+        assert src(page, "#view-mask") == layers["mask"][target - 1]
+        assert page.locator("#view").screenshot() != before  # another slice is drawn, not only another attribute
+        assert problems == []

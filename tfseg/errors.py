@@ -21,9 +21,21 @@ def is_disk_full(err: BaseException) -> bool:
     return type(err).__module__.startswith("tensorflow") and "No space left on device" in str(err)
 
 
-def disk_full_message(err: BaseException) -> str:
-    """One line for a full disk: which file, and that what was there before is kept."""
+def disk_full_file(err: BaseException) -> str | None:
+    """The file a full disk stopped: an OSError's filename, else the path in a TensorFlow error's message,
+    which reads ``{{function_node ...}} /run/x.bin; No space left on device [Op:WriteFile]``; None if unknown."""
+    import re
+
     name = getattr(err, "filename", None)
+    if name:
+        return str(name)
+    found = re.search(r"([^\s;{}][^;{}]*); No space left on device", str(err))
+    return found.group(1).strip() if found else None
+
+
+def disk_full_message(err: BaseException, then: str = "run the same command again") -> str:
+    """One line for a full disk: which file, that what was there before is kept, and what to do ``then``."""
+    name = disk_full_file(err)
     where = f"writing {name}" if name else f"({str(err).splitlines()[0][:200]})"
     return (f"the disk is full {where}: nothing was half-written (tfseg writes to a temporary name, then renames), "
-            "so the previous files are kept; free some space and run the same command again")
+            f"so the previous files are kept; free some space and {then}")

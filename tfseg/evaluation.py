@@ -78,7 +78,7 @@ from tfseg.inference import (EnsembleError, LoadedModel, PredictFn, as_sources, 
 from tfseg.inference import ModelLoadError  # noqa: F401  (re-exported: old imports and `except` clauses still work)
 from tfseg.metrics import AGGREGATED_KEYS, SCORE_KEYS, VolumeMetrics
 from tfseg.postprocess import (THRESHOLD, PostprocessRule, kept_mass_fraction, largest_connected_component, load_rule,
-                               postprocess_volume, rule_for_model, suspect_reasons)
+                               postprocess_volume, rule_for_model, suspect_reasons, suspect_warning)
 from tfseg.postprocess_choice import PROBABILITIES_DIR, write_probabilities
 from tfseg.uncertainty import MAP_MAX, disagreement_map, disagreement_score, uncertainty_summary
 from tfseg.visualize import (FLAIR_CHANNEL, dsc_bar_charts, grid, heat_overlays, largest_slices, save_figure,
@@ -326,7 +326,7 @@ def save_probabilities(folder: Path, result: PatientResult, fold: int | None = N
 def warn_if_suspect(result: PatientResult) -> None:
     """One warning line on stderr for a suspect patient (its mask should be checked before it is used)."""
     if result.suspect:
-        print(f"warning: {result.patient}: suspect mask: {'; '.join(result.suspect)}", file=sys.stderr)
+        print(suspect_warning(result.patient, result.suspect), file=sys.stderr)
 
 
 def drop_volumes(result: PatientResult) -> None:

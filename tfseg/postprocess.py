@@ -383,3 +383,8 @@ def suspect_reasons(kept_mass: float, uncertainty: float | None = None) -> list[
     if uncertainty is not None and uncertainty > MAX_UNCERTAINTY:
         reasons.append(f"the image and its flip disagree (uncertainty {uncertainty:.2f} > {MAX_UNCERTAINTY})")
     return reasons
+
+
+def suspect_warning(name: str, reasons: list[str]) -> str:
+    """The one warning line for a suspect mask, which evaluate, CV and the robustness suite print on stderr."""
+    return f"warning: {name}: suspect mask: {'; '.join(reasons)}"

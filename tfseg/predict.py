@@ -23,13 +23,16 @@ Outputs, each case written into a temporary folder and renamed (no half-written 
 * ``OUT/<case>/<name>_<n>_mask.tif`` (uint8 0/255, kaggle_3m's names) for a .tif case, or
   ``OUT/<case>/<case>_mask.nii.gz`` (uint8 0/1, on the input's voxel grid, with its affine and
   header) for a NIfTI case; with ``--save-probabilities`` also ``<case>_probabilities.npz``
-  (float16 (S, H, W), key ``probabilities``) or ``<case>_probabilities.nii.gz`` (float32);
+  (float16 (S, H, W), key ``probabilities``) or ``<case>_probabilities.nii.gz`` (16 bits per voxel:
+  NIfTI has no float16, so uint16 steps of 1/65535 with that ``scl_slope``,
+  :func:`tfseg.data.nifti.write_probabilities_like`);
 * ``OUT/<case>/view.html``: a page to look through the slices (:mod:`tfseg.viewer`), unless ``--no-viewer``;
 * ``OUT/predictions.csv``: one row per case (:data:`COLUMNS`), and ``OUT/predict.json``: the model,
   the rule and the options.
 
-A case that cannot be read or segmented is named and left out (its folder is not written); the
-others go on, and :class:`PredictError` lists the failed cases at the end.
+A case that cannot be read, segmented or written (a bad input, or an OSError: a full disk, a permission
+refused) is named with the file, and left out: its temporary folder is removed, so nothing of it is
+half-written. The others go on, and :class:`PredictError` lists the failed cases at the end (exit code 2).
 """
 from __future__ import annotations
 
@@ -246,32 +249,86 @@ def _counted(sources, bar) -> list:
 
 def write_case(folder: Path, case: Case, scan: Scan, result: Segmentation, options: PredictOptions,
                info: dict) -> list[str]:
-    """Fill ``folder`` (a temporary folder, renamed by the caller) with the case's files; returns their names."""
+    """Fill ``folder`` (a temporary folder, renamed by the caller) with the case's files; returns their names.
+
+    An OSError names the file it happened on (see :func:`_write_named`).
+    """
     import tifffile
 
     written = []
     if case.format == "tif":
         for n, slice_mask in enumerate(result.mask, start=1):
-            name = f"{scan.prefix}_{n}_mask.tif"
-            tifffile.imwrite(folder / name, slice_mask.astype(np.uint8) * np.uint8(255), photometric="minisblack",
-                             metadata=None, software=False)
+            _write_named(folder / f"{scan.prefix}_{n}_mask.tif", lambda path, m=slice_mask: tifffile.imwrite(
+                path, m.astype(np.uint8) * np.uint8(255), photometric="minisblack", metadata=None, software=False))
         written.append(f"{scan.prefix}_<n>_mask.tif")
         if options.save_probabilities:
             name = f"{case.name}_probabilities.npz"
-            np.savez_compressed(folder / name, probabilities=result.probabilities.astype(np.float16))
+            _write_named(folder / name, lambda path: np.savez_compressed(
+                path, probabilities=result.probabilities.astype(np.float16)))
             written.append(name)
     else:
         name = f"{case.name}_mask.nii.gz"
-        nifti.write_like(folder / name, result.mask, scan.nifti, np.uint8)
+        _write_named(folder / name, lambda path: nifti.write_like(path, result.mask, scan.nifti, np.uint8))
         written.append(name)
         if options.save_probabilities:
             name = f"{case.name}_probabilities.nii.gz"
-            nifti.write_like(folder / name, result.probabilities, scan.nifti, np.float32)
+            _write_named(folder / name, lambda path: nifti.write_probabilities_like(path, result.probabilities,
+                                                                                    scan.nifti))
             written.append(name)
     if options.viewer:
-        write_viewer(folder / VIEWER_PAGE, scan.image, result, info)
+        _write_named(folder / VIEWER_PAGE, lambda path: write_viewer(path, scan.image, result, info))
         written.append(VIEWER_PAGE)
     return written
+
+
+def _write_named(path: Path, write) -> None:
+    """``write(path)``; an OSError that does not say which file (a ``write()`` that ran out of space midway
+    says only "No space left on device") is raised again with ``path`` as its file name."""
+    try:
+        write(path)
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+
+
+def write_case_folder(out: Path, case: Case, scan: Scan, result: Segmentation, options: PredictOptions,
+                      info: dict) -> None:
+    """``OUT/<case>/``, whole or not at all: filled as a temporary folder, then renamed.
+
+    An OSError (a full disk, a permission refused) leaves no temporary folder and no half of the case
+    (an older ``OUT/<case>/`` stays as it was) and becomes a PredictError naming the file by its final name.
+    """
+    from tfseg.fileio import atomic_directory, temporary_name
+
+    final = out / case.name
+    try:
+        with atomic_directory(final) as folder:
+            folder.mkdir(parents=True)
+            write_case(folder, case, scan, result, options, info)
+    except OSError as err:
+        raise PredictError(os_error_text(err, "write", {temporary_name(final): final},
+                                         "nothing of the case was written")) from err
+
+
+def os_error_text(err: OSError, doing: str, renamed: dict[Path, Path] | None = None, consequence: str = "") -> str:
+    """One line for an OSError while reading or writing (``doing``): the file (a temporary name given by its
+    final one, from ``renamed``: temporary folder -> final folder), the reason, ``consequence``, what to do."""
+    import errno
+
+    name = err.filename
+    for temporary, final in (renamed or {}).items():
+        if name is not None and str(name).startswith(str(temporary)):
+            name = str(final) + str(name)[len(str(temporary)):]
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.errno == errno.ENOSPC:
+        todo = "free some space and run again"
+    elif doing == "write":
+        todo = "check that the output folder can be written to and run again"
+    else:
+        todo = "check that the file can be read (permissions, a complete copy) and run again"
+    where = f" {name}" if name is not None else ""
+    return f"cannot {doing}{where}: {reason}" + (f"; {consequence}" if consequence else "") + f" ({todo})"
 
 
 def write_viewer(path: Path, image: np.ndarray, result: Segmentation, info: dict) -> None:
@@ -318,8 +375,6 @@ def predict(model: str | Path | Sequence[str | Path], out: str | Path, input: st
     """
     from tqdm import tqdm
 
-    from tfseg.fileio import atomic_directory, write_csv_atomic, write_json_atomic
-
     cases = find_cases(input, flair, pre, post)
     out = Path(out)
     started = time.perf_counter()
@@ -336,8 +391,8 @@ def predict(model: str | Path | Sequence[str | Path], out: str | Path, input: st
     for case in cases:
         try:
             scan = read_case(case)
-        except TfsegError as err:
-            fail(case, err)
+        except (TfsegError, OSError) as err:  # OSError: a file that cannot be read (permissions, I/O)
+            fail(case, err if isinstance(err, TfsegError) else PredictError(os_error_text(err, "read")))
             continue
         if ready is None:
             ready = model_and_rule(model, loaded)  # a model that does not load stops the command
@@ -347,9 +402,7 @@ def predict(model: str | Path | Sequence[str | Path], out: str | Path, input: st
                 result = segment(scan.image, loaded.sources, loaded.image_size, rule, options, loaded.context,
                                  what=case.describe_input(), bar=bar)
             row = case_row(case, scan, result, rule_text)
-            with atomic_directory(out / case.name) as folder:
-                folder.mkdir(parents=True)
-                write_case(folder, case, scan, result, options, viewer_info(row))
+            write_case_folder(out, case, scan, result, options, viewer_info(row))
         except TfsegError as err:
             fail(case, err)
             continue
@@ -360,20 +413,32 @@ def predict(model: str | Path | Sequence[str | Path], out: str | Path, input: st
         for reason in result.suspect_reasons:
             print(f"warning: {case.name}: suspect mask, check it first: {reason}", file=sys.stderr)
     rank_by_uncertainty(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(out / PREDICTIONS, rows, list(COLUMNS))
-    write_json_atomic(out / PREDICT_JSON, {
-        "model": None if ready is None else ready["loaded"].describe(),
-        "rule": None if ready is None else ready["rule"].to_dict() | {"text": ready["rule_text"],
-                                                                       "file": ready["rule_file"]},
-        "options": asdict(options), "intensity_mapping_nifti": nifti.INTENSITY_RULE, "columns": COLUMNS,
-        "cases": len(cases), "failed": failed, "seconds": round(time.perf_counter() - started, 3),
-        "command": command, "created": datetime.now().isoformat(timespec="seconds")})
+    record = {"model": None if ready is None else ready["loaded"].describe(),
+              "rule": None if ready is None else ready["rule"].to_dict() | {"text": ready["rule_text"],
+                                                                             "file": ready["rule_file"]},
+              "options": asdict(options), "intensity_mapping_nifti": nifti.INTENSITY_RULE, "columns": COLUMNS,
+              "cases": len(cases), "failed": failed, "seconds": round(time.perf_counter() - started, 3),
+              "command": command, "created": datetime.now().isoformat(timespec="seconds")}
+    write_summary(out, rows, record)
     if failed:
         raise PredictError(f"{len(failed)} of {len(cases)} cases failed and were not written: "
                            + "; ".join(f"{name} ({message})" for name, message in failed.items())
                            + f". The others are in {out} ({PREDICTIONS}); mend the failed inputs and run again")
     return {"rows": rows, "failed": failed, "out": out}
+
+
+def write_summary(out: Path, rows: list[dict], record: dict) -> None:
+    """OUT/predictions.csv and OUT/predict.json; an OSError becomes a PredictError naming the file and any
+    failed cases (the cases' own folders are already written)."""
+    from tfseg.fileio import write_csv_atomic, write_json_atomic
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(out / PREDICTIONS, rows, list(COLUMNS))
+        write_json_atomic(out / PREDICT_JSON, record)
+    except OSError as err:
+        failed = f"; failed cases: {', '.join(record['failed'])}" if record["failed"] else ""
+        raise PredictError(os_error_text(err, "write") + failed) from err
 
 
 def model_and_rule(model, loaded=None) -> dict:

@@ -14,6 +14,15 @@ in-graph: the input a user would send), and scores it with the native-geometry
 DSC of PROTOCOL.md (:func:`tfseg.metrics.volume_dsc` against the original
 kaggle_3m masks). The ``clean`` pass is therefore evaluate.py's native DSC.
 
+A DSC of 0 must never pass unexplained: every served mask is also judged as ``tfseg
+evaluate`` and ``tfseg predict`` judge theirs (issue 25). The model's probabilities of the
+same perturbed slices, and of their left-right flip, are computed as ``tfseg predict``
+computes them (:func:`tfseg.predict.segment`, through the export's ``serving_default``);
+:func:`tfseg.postprocess.kept_mass_fraction` of the served mask and the image/flip
+uncertainty then go to :func:`tfseg.postprocess.suspect_reasons`, the one definition of a
+suspect mask. A suspect mask is a warning line on stderr and ``suspect`` 1 with its reasons
+in robustness.csv. The judge runs the network twice more on every perturbed volume.
+
 Geometric perturbations (rotation, shift, mirroring, reversed slice order) move
 the anatomy but not the ground truth. We score them by mapping the *prediction*
 back with the inverse transform (nearest neighbour for the rotation; exact for the
@@ -33,9 +42,9 @@ which other patients or perturbations were run, or in which order.
 
 Files written to ``--out`` (default ``RUN_DIR/robustness``), each under a
 temporary name and then renamed: ``robustness.csv`` (one row per patient and
-perturbation), ``summary.json`` (per perturbation: mean and median DSC and the
-drop from clean), ``table.md`` (the same as a Markdown table) and ``figure.png``
-(mean DSC per perturbation, the clean mean as a line).
+perturbation, the suspect flag among its columns), ``summary.json`` (per perturbation:
+mean and median DSC, the drop from clean and the suspect masks), ``table.md`` (the same
+as a Markdown table) and ``figure.png`` (mean DSC per perturbation, the clean mean as a line).
 """
 from __future__ import annotations
 
@@ -57,6 +66,7 @@ from tfseg.data.kaggle import DataError, PatientVolume, read_patient, scan_folde
 from tfseg import runs
 from tfseg.fileio import atomic_path, write_csv_atomic, write_json_atomic
 from tfseg.metrics import volume_dsc
+from tfseg.postprocess import PostprocessRule, kept_mass_fraction, load_rule, suspect_reasons, suspect_warning
 
 # kaggle_3m channels (the set's README): 0 pre-contrast, 1 FLAIR, 2 post-contrast.
 PRE, FLAIR, POST = 0, 1, 2
@@ -65,6 +75,9 @@ PRE, FLAIR, POST = 0, 1, 2
 Segmenter = Callable[[np.ndarray], np.ndarray]
 # A perturbation: uint8 (S, 256, 256, 3) and a numpy Generator -> uint8 (S, 256, 256, 3).
 PerturbFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# A judge: the slices segmented and the (S, 256, 256) bool mask the segmenter returned for them ->
+# (kept_mass, uncertainty), what tfseg.postprocess.suspect_reasons decides from (uncertainty None: not measured).
+Judge = Callable[[np.ndarray, np.ndarray], tuple[float, float | None]]
 
 
 class RobustnessError(TfsegError, ValueError):
@@ -236,11 +249,12 @@ def perturb(perturbation: Perturbation, slices: np.ndarray, rng: np.random.Gener
 # ----------------------------------------------------------------------------
 
 def score_patient(volume: PatientVolume, segment: Segmenter, perturbations: Sequence[Perturbation],
-                  seed: int = 0) -> list[dict]:
+                  seed: int = 0, judge: Judge | None = None) -> list[dict]:
     """Segment one patient under every perturbation and score it in native geometry.
 
     ``segment``: uint8 (S, 256, 256, 3) -> (S, 256, 256) mask (nonzero = lesion). Returns one row per
-    perturbation: patient, perturbation, kind, dsc (vs ``volume.mask``), pred_voxels, true_voxels.
+    perturbation: patient, perturbation, kind, dsc (vs ``volume.mask``), pred_voxels, true_voxels; with a
+    ``judge`` also the columns of :func:`suspect_columns` (a warning line on stderr for a suspect mask).
     """
     import tensorflow as tf
 
@@ -256,17 +270,50 @@ def score_patient(volume: PatientVolume, segment: Segmenter, perturbations: Sequ
         if prediction.shape != truth.shape:
             raise RobustnessError(f"patient {volume.patient}, perturbation {perturbation.name}: the model returned "
                                   f"a mask of shape {prediction.shape}, expected {truth.shape}")
+        # Judged before the inverse transform: the judge sees the slices the mask was made from.
+        judged = {} if judge is None else suspect_columns(judge, slices, prediction,
+                                                          f"{volume.patient} under {perturbation.name}")
         if perturbation.restore is not None:
             prediction = perturbation.restore(prediction)
         rows.append({"patient": volume.patient, "perturbation": perturbation.name, "kind": perturbation.kind,
                      "dsc": volume_dsc(prediction, truth), "pred_voxels": int(prediction.sum()),
-                     "true_voxels": int(truth.sum())})
+                     "true_voxels": int(truth.sum()), **judged})
     return rows
+
+
+def suspect_columns(judge: Judge, slices: np.ndarray, mask: np.ndarray, name: str) -> dict:
+    """kept_mass, uncertainty, suspect (0/1) and suspect_reasons ('; '-separated) of one segmented volume,
+    by tfseg.postprocess's one definition; a suspect mask is also a warning line on stderr naming ``name``."""
+    kept_mass, uncertainty = judge(slices, mask)
+    reasons = suspect_reasons(kept_mass, uncertainty)
+    if reasons:
+        print(suspect_warning(name, reasons), file=sys.stderr)
+    return {"kept_mass": kept_mass, "uncertainty": uncertainty, "suspect": int(bool(reasons)),
+            "suspect_reasons": "; ".join(reasons)}
+
+
+def probability_judge(sources, image_size: int, context: int = 1, rule: PostprocessRule | None = None) -> Judge:
+    """A :data:`Judge` from the model's own probabilities, computed as ``tfseg predict`` computes them.
+
+    ``sources``: predict functions (a LoadedModel's), (B, N, N, 3·``context``) float32 -> probabilities,
+    N = ``image_size``; ``rule``: the post-processing the segmenter applies (its threshold counts the mass).
+    """
+    from tfseg.predict import segment as predict_scan
+
+    rule = PostprocessRule() if rule is None else rule
+
+    def judge(slices: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+        scan = predict_scan(slices, sources, image_size, rule, context=context)
+        # The served mask is judged, not predict's own (they are equal, tested; this one is scored).
+        return kept_mass_fraction(scan.probabilities, mask, rule.threshold), scan.uncertainty
+
+    return judge
 
 
 def summarize_rows(rows: list[dict], perturbations: Sequence[Perturbation]) -> dict:
     """Per perturbation: n, mean and median DSC, their drops from clean (clean − perturbed, positive = worse),
-    the worst patient and its drop. Adds ``drop`` (per-patient clean − perturbed) to every row."""
+    the worst patient and its drop, and n_suspect (masks judged suspect). Adds ``drop`` (per-patient clean −
+    perturbed) to every row."""
     clean = {r["patient"]: r["dsc"] for r in rows if r["perturbation"] == "clean"}
     for row in rows:
         row["drop"] = clean[row["patient"]] - row["dsc"] if row["patient"] in clean else None
@@ -276,7 +323,8 @@ def summarize_rows(rows: list[dict], perturbations: Sequence[Perturbation]) -> d
         chosen = [r for r in rows if r["perturbation"] == perturbation.name]
         values = np.array([r["dsc"] for r in chosen], np.float64)
         entry = {"kind": perturbation.kind, "description": perturbation.description, "n": len(chosen),
-                 "mean_dsc": float(values.mean()), "median_dsc": float(np.median(values))}
+                 "mean_dsc": float(values.mean()), "median_dsc": float(np.median(values)),
+                 "n_suspect": sum(1 for r in chosen if r.get("suspect"))}
         if clean:
             worst = max(chosen, key=lambda r: r["drop"])
             entry.update(drop_mean=float(clean_values.mean() - values.mean()),
@@ -292,13 +340,15 @@ def summarize_rows(rows: list[dict], perturbations: Sequence[Perturbation]) -> d
 
 @dataclass
 class ServedModel:
-    """The ``segment_volume`` signature of a SavedModel, and the run it belongs to (for its split)."""
+    """The ``segment_volume`` signature of a SavedModel, the run it belongs to (for its split), and the judge of
+    its masks (:func:`probability_judge`, from the same SavedModel's ``serving_default``)."""
 
     path: Path
     segment: Segmenter
     run_dir: Path | None
     run_config: dict | None
     sha256: str
+    judge: Judge | None = None
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": "saved_model", "signature": "segment_volume", "sha256": self.sha256,
@@ -329,7 +379,11 @@ def load_served_model(path: str | Path) -> ServedModel:
         segment = model.segmenter()
     except ModelLoadError as err:
         raise RobustnessError(str(err)) from err
-    return ServedModel(model.path, segment, model.run_dir, model.run_config, model.sha256)
+    # segment_volume applies the rule the export carries (its own postprocess.json), else the protocol's.
+    rule_file = model.path / runs.POSTPROCESS
+    rule = load_rule(rule_file) if rule_file.is_file() else PostprocessRule()
+    judge = probability_judge(model.sources, model.image_size, model.context, rule)
+    return ServedModel(model.path, segment, model.run_dir, model.run_config, model.sha256, judge)
 
 
 # ----------------------------------------------------------------------------
@@ -338,11 +392,13 @@ def load_served_model(path: str | Path) -> ServedModel:
 
 def run_robustness(data: str | Path, segment: Segmenter, out: str | Path, patients: list[str],
                    perturbations: Sequence[str] | None = None, seed: int = 0, *, model_info: dict | None = None,
-                   split_info: dict | None = None, progress: bool = True, command: str | None = None) -> dict:
+                   split_info: dict | None = None, progress: bool = True, command: str | None = None,
+                   judge: Judge | None = None) -> dict:
     """Score ``patients`` of the kaggle_3m folder ``data`` under ``perturbations`` (default: the whole suite,
     ``clean`` always included); write robustness.csv, summary.json, table.md and figure.png to ``out``.
 
     ``segment``: uint8 (S, 256, 256, 3) -> (S, 256, 256) mask (a loaded model's segment, or a stand-in).
+    ``judge``: flags suspect masks (a loaded model's judge); without one the suspect columns stay empty.
     Returns the summary (also summary.json).
     """
     from tqdm import tqdm
@@ -357,10 +413,11 @@ def run_robustness(data: str | Path, segment: Segmenter, out: str | Path, patien
     started = time.perf_counter()
     rows = []
     for patient_files in tqdm(files, desc="robustness", unit="patient", disable=not progress):
-        rows += score_patient(read_patient(patient_files), segment, chosen, seed)
+        rows += score_patient(read_patient(patient_files), segment, chosen, seed, judge)
     summary = {"n_patients": len(files), "patients": [f.patient for f in files], "seed": seed,
                "order": [p.name for p in chosen],  # summary.json sorts its keys; this keeps the suite's order
                "perturbations": summarize_rows(rows, chosen),
+               "suspect": None if judge is None else suspect_entries(rows),
                "scoring": "native-geometry DSC (tfseg.metrics.volume_dsc) against the original kaggle_3m masks; "
                           "geometric perturbations: the prediction mapped back with the inverse transform "
                           "(nearest neighbour for rotations)",
@@ -375,6 +432,12 @@ def run_robustness(data: str | Path, segment: Segmenter, out: str | Path, patien
     return summary
 
 
+def suspect_entries(rows: list[dict]) -> list[dict]:
+    """summary.json's ``suspect``: every suspect mask (patient, perturbation, reasons), in the rows' order."""
+    return [{"patient": r["patient"], "perturbation": r["perturbation"], "reasons": r["suspect_reasons"]}
+            for r in rows if r.get("suspect")]
+
+
 def select_suite(names: Sequence[str] | None) -> list[Perturbation]:
     """The named perturbations in suite order, ``clean`` always first; unknown names are an error."""
     if names is None:
@@ -386,11 +449,13 @@ def select_suite(names: Sequence[str] | None) -> list[Perturbation]:
     return [p for name, p in PERTURBATIONS.items() if name in wanted]
 
 
-CSV_FIELDS = ("patient", "perturbation", "kind", "dsc", "drop", "pred_voxels", "true_voxels")
+CSV_FIELDS = ("patient", "perturbation", "kind", "dsc", "drop", "pred_voxels", "true_voxels", "kept_mass",
+              "uncertainty", "suspect", "suspect_reasons")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """robustness.csv: one row per patient and perturbation, the columns of CSV_FIELDS."""
+    """robustness.csv: one row per patient and perturbation, the columns of CSV_FIELDS (the suspect ones empty
+    when no judge ran)."""
     write_csv_atomic(path, [{key: row.get(key) for key in CSV_FIELDS} for row in rows], list(CSV_FIELDS))
 
 
@@ -398,15 +463,16 @@ def markdown_table(summary: dict) -> str:
     """The summary as a Markdown table, one row per perturbation."""
     lines = [f"Robustness of the served model over {summary['n_patients']} patients (native-geometry DSC; "
              "drop = clean − perturbed, positive = worse).", "",
-             "| perturbation | what | mean DSC | median DSC | drop of the mean | worst patient (drop) |",
-             "|---|---|---:|---:|---:|---|"]
+             "| perturbation | what | mean DSC | median DSC | drop of the mean | worst patient (drop) | suspect masks |",
+             "|---|---|---:|---:|---:|---|---:|"]
     for name in summary["order"]:
         entry = summary["perturbations"][name]
         drop = "—" if name == "clean" or "drop_mean" not in entry else f"{entry['drop_mean']:+.4f}"
         worst = "—" if name == "clean" or "worst_patient" not in entry else \
             f"{entry['worst_patient']} ({entry['worst_drop']:+.4f})"
+        suspect = "—" if summary.get("suspect") is None else entry.get("n_suspect", 0)
         lines.append(f"| {name} | {entry['description']} | {entry['mean_dsc']:.4f} | {entry['median_dsc']:.4f} | "
-                     f"{drop} | {worst} |")
+                     f"{drop} | {worst} | {suspect} |")
     return "\n".join(lines) + "\n"
 
 
@@ -459,7 +525,8 @@ def robustness_of_model(model_path: str | Path, data: str | Path | None = None, 
     root = resolve_data(data, model.run_config)
     files, split_info = choose_patients(scan_folder(root), patients, model.run_config)
     summary = run_robustness(root, model.segment, out, [f.patient for f in files], perturbations, seed,
-                             model_info=model.describe(), split_info=split_info, progress=progress, command=command)
+                             model_info=model.describe(), split_info=split_info, progress=progress, command=command,
+                             judge=model.judge)
     return summary, Path(out)
 
 

@@ -31,7 +31,8 @@ def build_parser(prog: str = "python -m tfseg.predict"):
     p.add_argument("--tta", action="store_true", help="the mask from the mean of the image and its horizontal flip")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="slices per prediction batch")
     p.add_argument("--save-probabilities", action="store_true",
-                   help="also write the probabilities (float16 .npz for .tif cases, float32 NIfTI for NIfTI cases)")
+                   help="also write the probabilities: float16 .npz for .tif cases; 16-bit NIfTI for NIfTI cases "
+                   "(NIfTI has no float16: uint16 steps of 1/65535, the scl_slope that NIfTI readers apply)")
     p.add_argument("--no-viewer", action="store_true", help="skip the per-case viewer page OUT/<case>/view.html")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -35,6 +35,9 @@ def main(argv=None, prog: str = "python -m tfseg.robustness") -> int:
                                            args.seed, progress=not args.quiet,
                                            command=f"{prog} " + shlex.join(argv))
         print(markdown_table(summary), end="")
+        if summary["suspect"]:  # each one was a warning line on stderr as it was scored
+            names = ", ".join(f"{s['patient']} under {s['perturbation']}" for s in summary["suspect"])
+            print(f"suspect masks ({len(summary['suspect'])}), check them first: {names}")
         print(f"wrote {out / 'robustness.csv'}, summary.json, table.md, figure.png")
 
     return run_command(action)

@@ -21,7 +21,8 @@ Reading (:func:`read_4d`, :func:`read_sequences`):
    so the background the protocol crops away stays background. Any dtype is accepted.
 
 Writing (:func:`write_like`): a volume in slice layout is turned back (:func:`to_input_grid`)
-onto the input file's own voxel grid and saved with the input's affine and header.
+onto the input file's own voxel grid and saved with the input's affine and header; probabilities
+(:func:`write_probabilities_like`) in 16 bits per voxel, uint16 with a ``scl_slope`` of 1/65535.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ SEQUENCES = ("pre-contrast", "FLAIR", "post-contrast")  # kaggle_3m's channel or
 SUFFIXES = (".nii.gz", ".nii")
 PERCENTILES = (0.5, 99.5)  # the intensity window, over the non-zero voxels of one volume and sequence
 AXIS_TOLERANCE = 1e-3  # how much closer to one world axis than to the next a voxel axis must lie
+# Probabilities are stored as uint16 steps of 1/PROBABILITY_STEPS (scl_slope): NIfTI has no float16.
+PROBABILITY_DTYPE = np.uint16
+PROBABILITY_STEPS = 65535
 INTENSITY_RULE = ("per volume and sequence: clip to the 0.5th..99.5th percentile of the non-zero voxels, "
                   "scale to 0..255; zero voxels stay 0")
 
@@ -255,11 +259,12 @@ def read_sequences(flair: str | os.PathLike, pre: str | os.PathLike | None = Non
                      [paths[name] for name in SEQUENCES if name in paths])
 
 
-def write_like(path: str | os.PathLike, slices: np.ndarray, scan: NiftiScan, dtype) -> Path:
+def write_like(path: str | os.PathLike, slices: np.ndarray, scan: NiftiScan, dtype, slope: float = 1.0) -> Path:
     """Save a (S, H, W) volume in slice layout on the reference file's grid, with its affine and header.
 
-    ``dtype``: uint8 for a 0/1 mask (no intensity scaling), float32 for probabilities. The file type follows
-    ``path``'s suffix (.nii.gz compressed).
+    ``dtype``: the stored type, uint8 for a 0/1 mask; ``slope``: the header's ``scl_slope`` (stored value x
+    ``slope`` = the value a reader sees; 1: none), as :func:`write_probabilities_like` stores probabilities.
+    The file type follows ``path``'s suffix (.nii.gz compressed).
     """
     import nibabel
 
@@ -269,8 +274,20 @@ def write_like(path: str | os.PathLike, slices: np.ndarray, scan: NiftiScan, dty
     header = reference.header.copy()
     header.set_data_dtype(dtype)
     out = type(reference)(data, reference.affine, header)
-    out.header.set_slope_inter(1.0, 0.0)
+    out.header.set_slope_inter(slope, 0.0)
     out.header["cal_min"], out.header["cal_max"] = (0, 1)
     out.header["intent_code"] = 0
     nibabel.save(out, path)
     return path
+
+
+def write_probabilities_like(path: str | os.PathLike, probabilities: np.ndarray, scan: NiftiScan) -> Path:
+    """Save (S, H, W) probabilities in [0, 1] like :func:`write_like`, in 16 bits per voxel.
+
+    NIfTI has no float16 data type (nibabel refuses it), so the 16-bit form is NIfTI's own:
+    uint16 steps of 1/65535 with that ``scl_slope`` in the header, which NIfTI readers apply as the
+    standard asks (nibabel's ``get_fdata``, ITK, FSL). Half the bytes of float32, the size of float16,
+    and finer than float16 near 1 (a step of 1.5e-5 against 4.9e-4).
+    """
+    steps = np.rint(np.clip(np.asarray(probabilities, np.float64), 0.0, 1.0) * PROBABILITY_STEPS)
+    return write_like(path, steps.astype(PROBABILITY_DTYPE), scan, PROBABILITY_DTYPE, slope=1.0 / PROBABILITY_STEPS)

@@ -6,6 +6,7 @@ then see.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from tfseg import runs
 from tfseg.data.pipeline import SliceTable, validation_dataset
+from tfseg.errors import is_disk_full
 from tfseg.fileio import atomic_path, remove_dead_temporaries, write_csv_atomic, write_json_atomic
 from tfseg.metrics import score_slices
 from tfseg.postprocess import THRESHOLD
@@ -162,7 +164,7 @@ class ResumeState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not all(math.isfinite(float(v)) for v in logs.values()):
             return
-        prefix = self.checkpoint.write(str(self.run_dir / runs.CHECKPOINTS / f"epoch-{epoch + 1}"))
+        prefix = write_checkpoint(self.checkpoint, self.run_dir / runs.CHECKPOINTS / f"epoch-{epoch + 1}")
         self.state.update(epoch=epoch + 1, checkpoint=os.path.relpath(prefix, self.run_dir),
                           best_val_volume_dsc=self.best.best, best_epoch=self.best.best_epoch,
                           best_val_volume_dsc_median=self.best.best_median,
@@ -174,6 +176,26 @@ class ResumeState(keras.callbacks.Callback):
         self.state.setdefault("history", []).append(record)
         write_json_atomic(self.run_dir / runs.STATE, self.state)
         prune_checkpoints(self.run_dir, epoch + 1)  # the previous epoch's stays: resume's fallback if this one is damaged
+
+
+def write_checkpoint(checkpoint: tf.train.Checkpoint, prefix: Path) -> str:
+    """``checkpoint.write(prefix)``; on a full disk, remove what TensorFlow left of this checkpoint and raise
+    OSError(ENOSPC) naming it.
+
+    TensorFlow writes a checkpoint into ``<prefix>_temp/`` and names only a file in there when the disk
+    fills; state.json still points at the previous checkpoint, so nothing of this one is worth keeping.
+    """
+    try:
+        return checkpoint.write(str(prefix))
+    except tf.errors.OpError as err:
+        if not is_disk_full(err):
+            raise
+        for path in [*prefix.parent.glob(f"{prefix.name}_temp*"), *prefix.parent.glob(f"{prefix.name}.*")]:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(prefix)) from err
 
 
 def remove_unfinished_writes(run_dir: Path, state: dict) -> list[Path]:

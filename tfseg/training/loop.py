@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfseg.errors import TfsegError
+from tfseg.errors import TfsegError, disk_full_message, is_disk_full
 from tfseg.data.kaggle import DataError
 from tfseg.data.pack import pack
 from tfseg.data.pipeline import distributed_training_dataset, load_slices, training_dataset
@@ -118,6 +118,11 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None, export: 
         out = run_dir if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-"))
         try:
             return _train(config, strategy, run_dir, out, state, export and chief)
+        except Exception as err:
+            if not is_disk_full(err):
+                raise
+            # Running the same command again would start the run anew over its trained epochs.
+            raise TrainingError(disk_full_message(err, f"continue the run with --resume {run_dir}")) from err
         finally:
             if not chief:
                 shutil.rmtree(out, ignore_errors=True)
