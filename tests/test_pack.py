@@ -276,9 +276,14 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def _packer_with_a_temporary_shard(data, out):
     """A `python -m tfseg.data.pack` process (2 workers), returned once its first temporary shard exists."""
+    import signal
+
+    # As in a terminal, Ctrl-C must raise KeyboardInterrupt in the packer. A test suite started in the background
+    # (`cmd &` in a script, nohup) inherits SIGINT ignored, and Python then keeps ignoring it: reset it.
     packer = subprocess.Popen([sys.executable, "-m", "tfseg.data.pack", "--data", str(data), "--out", str(out),
                                "--image-size", "64", "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers = set()
 
     def first_temporary():
