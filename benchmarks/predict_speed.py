@@ -46,7 +46,10 @@ COMMAND_PATIENTS = 10  # the program's inference.py draws 10 validation cases fr
 def command_variants(folder: Path, out: Path, args) -> dict[str, tuple[list[str], Path | None]]:
     """name -> (argv, working directory) of each whole command timed on ``folder`` (a kaggle_3m of 10)."""
     tfseg = [sys.executable, "-m", "tfseg", "predict", "--model", "pretrained", "--input", str(folder)]
-    reference = [args.reference_python, "inference.py", "--device", "cpu", "--image-size", "128",
+    # inference.py runs in its checkout: a relative --reference-python is taken from here, not from there
+    # (abspath, not resolve: resolving the venv's python link would leave the venv).
+    python = os.path.abspath(args.reference_python) if os.sep in args.reference_python else args.reference_python
+    reference = [python, "inference.py", "--device", "cpu", "--image-size", "128",
                  "--weights", str(Path(args.reference_weights).resolve()), "--images", str(folder),
                  "--predictions", str(out / "reference"), "--figure", str(out / "reference-dsc.png")]
     return {"tfseg predict": (tfseg + ["--out", str(out / "plain")], None),
