@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tfseg.markdown import DASH, table as _table
 from tfseg.runs import RunFolderError, RunRecord, as_number
-from tfseg.seed_groups import SeedGroup, describe_group, paired_comparison, settings_key
+from tfseg.seed_groups import SeedGroup, describe_group, paired_comparison, seed_groups
 
 # What benchmarks/reference_program/run.py writes as the program's "arch" in config.json.
 REFERENCE_PROGRAM_ARCH = "unet (reference program)"
@@ -45,15 +45,16 @@ def program_runs(runs: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord
 
 
 def recipe_group(runs: list[RunRecord], name: str) -> SeedGroup:
-    """Every run with the settings of the run called ``name`` (its seed group, one run per seed)."""
+    """The seed group (tfseg.seed_groups' own grouping, one run per seed) of the run called ``name``."""
     match = [run for run in runs if run.name == name]
     if not match:
         raise ReferenceComparisonError(f"--recommended {name}: no run of that name among the report's runs; "
                                        "give the name of one run of the recipe's seed group")
-    key = settings_key(match[0].config)
-    members = {run.config.get("seed"): run for run in runs
-               if run.config and settings_key(run.config) == key and run.score("mean_dsc") is not None}
-    return SeedGroup([members[seed] for seed in sorted(members, key=lambda s: (s is None, s))])
+    group = next((g for g in seed_groups(runs, min_size=1) if match[0] in g.runs), None)
+    if group is None:
+        raise ReferenceComparisonError(f"--recommended {name}: the run has no mean DSC yet (no metrics.json or "
+                                       "evaluation); evaluate it or name another run of the recipe")
+    return group
 
 
 def minutes_to_reach(run: RunRecord, target: float) -> tuple[float | None, int | None]:
