@@ -337,3 +337,96 @@ def test_each_mirrored_replica_draws_its_own_augmentation():
     first, again = json.loads(result.stdout.strip().splitlines()[-1])
     assert first[0] != first[1]  # the two replicas' brightness shifts differ
     assert first == again  # same seed, same draws per replica
+
+
+# --- resolution: nnU-Net's Gaussian blur and simulated low resolution ---------------------------------------
+
+def test_resolution_components_are_off_by_default_and_round_trip_through_a_dict():
+    assert (AugmentConfig().blur, AugmentConfig().low_resolution) == (0.0, 0.0)
+    config = AugmentConfig(blur=0.2, low_resolution=0.25)
+    assert AugmentConfig.from_dict(config.to_dict()) == config
+    assert config.resolution and not config.intensity and not AugmentConfig().resolution
+
+
+@pytest.mark.parametrize("bad", [{"blur": 1.2}, {"blur": -0.1}, {"low_resolution": 2.0}])
+def test_config_rejects_a_blur_or_low_resolution_probability_outside_0_1(bad):
+    with pytest.raises(ValueError, match=f"AugmentConfig.{next(iter(bad))} "):
+        AugmentConfig(**bad)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 0.8, 1.0])
+def test_gaussian_blur_equals_scipy_with_mirrored_edges(sigma):
+    from scipy import ndimage
+
+    from tfseg.training.augment import BLUR_RADIUS, gaussian_blur
+
+    images, _ = distinct_channels(batch=2, channels=3)
+    out = keras.ops.convert_to_numpy(gaussian_blur(images, np.full(2, sigma, "float32")))
+    for b in range(2):
+        expected = ndimage.gaussian_filter(images[b], (sigma, sigma, 0), mode="reflect", radius=BLUR_RADIUS)
+        np.testing.assert_allclose(out[b], expected, atol=1e-5)
+
+
+def test_gaussian_blur_uses_each_samples_own_sigma():
+    from tfseg.training.augment import gaussian_blur
+
+    images, _ = distinct_channels(batch=2)
+    out = keras.ops.convert_to_numpy(gaussian_blur(images, np.array([0.5, 1.0], "float32")))
+    one_sigma = keras.ops.convert_to_numpy(gaussian_blur(images, np.array([0.5, 0.5], "float32")))
+    np.testing.assert_allclose(out[0], one_sigma[0], atol=1e-6)
+    assert out[1].std() < one_sigma[1].std()  # the wider kernel smooths white noise more
+
+
+def reference_low_resolution(image, rows, cols):
+    """Nearest-neighbour down to rows x cols, then linear back up: scikit-image's resize, order 0 then 1."""
+    from skimage.transform import resize
+
+    small = resize(image, (rows, cols) + image.shape[2:], order=0, mode="edge", anti_aliasing=False,
+                   preserve_range=True)
+    return resize(small, image.shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True)
+
+
+@pytest.mark.parametrize("zoom", [0.5, 0.75])
+def test_simulated_low_resolution_equals_nearest_down_then_linear_up_in_scikit_image(zoom):
+    from tfseg.training.augment import simulate_low_resolution
+
+    images, _ = distinct_channels(batch=1, channels=3)  # 16 x 16: 8 x 8 and 12 x 12 coarse grids
+    out = keras.ops.convert_to_numpy(simulate_low_resolution(images, np.array([zoom], "float32")))
+    side = round(16 * zoom)
+    np.testing.assert_allclose(out[0], reference_low_resolution(images[0], side, side), atol=1e-5)
+
+
+def test_simulated_low_resolution_at_full_resolution_returns_the_image_exactly():
+    from tfseg.training.augment import simulate_low_resolution
+
+    images, _ = distinct_channels(batch=3)
+    out = keras.ops.convert_to_numpy(simulate_low_resolution(images, np.ones(3, "float32")))
+    np.testing.assert_array_equal(out, images)
+
+
+@pytest.mark.parametrize("component", ["blur", "low_resolution"])
+def test_resolution_augmentation_of_1_changes_every_image_and_no_mask_and_of_0_nothing(component):
+    images, masks = distinct_channels(batch=16)
+    out, out_masks = as_numpy(Augment(AugmentConfig(**OFF, **{component: 1.0}), seed=0)(images, masks))
+    np.testing.assert_array_equal(out_masks, masks)
+    # A zoom above 15.5/16 (6% of draws) rounds to the full 16 pixels and keeps the image.
+    assert (np.abs(out - images).max(axis=(1, 2, 3)) > 1e-3).sum() >= 12
+    assert out.std() < images.std()  # both smooth white noise
+    same, _ = as_numpy(Augment(AugmentConfig(**OFF, **{component: 0.0}), seed=0)(images, masks))
+    np.testing.assert_array_equal(same, images)
+
+
+def test_resolution_augmentation_touches_about_the_given_share_of_samples():
+    images, masks = distinct_channels(batch=400)
+    out, _ = as_numpy(Augment(AugmentConfig(**OFF, blur=0.2), seed=3)(images, masks))
+    changed = (np.abs(out - images) > 1e-6).any(axis=(1, 2, 3)).mean()
+    assert 0.14 < changed < 0.26
+
+
+def test_resolution_augmentation_compiles_with_xla_and_keeps_masks_binary():
+    images, masks = smooth_batch(batch=4)
+    augment = Augment(AugmentConfig(blur=0.5, low_resolution=0.5), seed=0)
+    step = tf.function(lambda x, y: augment(x, y, training=True), jit_compile=True)
+    out_images, out_masks = as_numpy(step(images, masks))
+    assert out_images.shape == images.shape and np.all(np.isfinite(out_images))
+    assert set(np.unique(out_masks)) <= {0.0, 1.0}

@@ -1,5 +1,7 @@
-"""The run folder's owner (tfseg.runs): collecting a run's small result files for committing."""
+"""The run folder's owner (tfseg.runs): collecting a run's small result files for committing; the campaign script that
+trains, evaluates and collects a queue of runs."""
 import json
+from pathlib import Path
 
 from tfseg import runs
 
@@ -36,3 +38,22 @@ def test_an_unevaluated_run_is_collected_without_evaluation_files(tmp_path):
     out = runs.collect_results(run, tmp_path / "out")
     assert [p.name for p in out.iterdir()] == [runs.CONFIG]
     assert not runs.is_evaluated_run(run)
+
+
+def test_the_campaign_trains_each_attempt_under_the_named_budget_into_its_own_folders(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("campaign", Path(__file__).parents[1] / "scripts" / "campaign.py")
+    campaign = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(campaign)
+    calls = []
+    monkeypatch.setattr(campaign, "tfseg", lambda *args: calls.append(args) or False)  # training "fails": no collect
+    monkeypatch.chdir(tmp_path)  # main() changes into the repository; the fixture changes back
+    queue = tmp_path / "queue.txt"
+    queue.write_text("# a comment\nb16-at-256  --arch attention_unet --base-filters 16\n")
+    assert campaign.main([str(queue), "--budget", "cpu-256"]) == 0
+    assert calls == [("train", "--preset", "cpu-256", "--data", "tfrecords/256px", "--logdir",
+                      str(Path("runs") / "cpu-256" / "b16-at-256"), "--arch", "attention_unet", "--base-filters", "16")]
+    calls.clear()
+    campaign.main([str(queue)])
+    assert calls[0][:5] == ("train", "--preset", "cpu-128", "--data", "tfrecords/128px")

@@ -1,4 +1,5 @@
 """train.py / tfseg.training: end-to-end runs, resume, export, distribution, failures."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -192,6 +193,14 @@ def test_preset_sets_protocol_values_and_explicit_flags_win():
     assert config.epochs == 3 and overrides == {"epochs": 3} and resume is None
     reference, _, _ = config_from_args(["--preset", "reference"])
     assert (reference.image_size, reference.epochs, reference.batch_size, reference.lr) == (256, 100, 16, 1e-4)
+
+
+def test_the_cpu_256_preset_is_cpu_128_at_256_px():
+    at_128, _, _ = config_from_args(["--preset", "cpu-128"])
+    at_256, _, _ = config_from_args(["--preset", "cpu-256"])
+    assert at_256.image_size == 256
+    assert at_256.preset == "cpu-256"
+    assert dataclasses.replace(at_256, image_size=128, preset="cpu-128") == at_128
 
 
 def test_no_augment_turns_every_component_off():
@@ -430,3 +439,13 @@ def test_kill_9_in_epoch_3_then_resume_gives_the_uninterrupted_validation_dsc_at
     assert [h["loss"] for h in part] == pytest.approx([h["loss"] for h in full], rel=1e-6)
     assert sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir()) == \
         sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())  # nothing of the killed epoch 3 left
+
+
+def test_nnunet_resolution_augmentation_flags_reach_the_config_and_the_recorded_command():
+    from tfseg.training.loop import _flags
+
+    config, _, _ = config_from_args(["--aug-blur", "0.2", "--aug-low-resolution", "0.25"])
+    assert config.augment["blur"] == 0.2 and config.augment["low_resolution"] == 0.25
+    command = _flags(config)
+    assert "--aug-blur 0.2" in command and "--aug-low-resolution 0.25" in command
+    assert config_from_args(command.split())[0].augment == config.augment

@@ -20,7 +20,7 @@ def build_parser(prog: str = "python train.py") -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named setting: reference = 256 px, "
                    "100 epochs, batch 16, Adam 1e-4; cpu-128 = docs/protocol.md's CPU budget: 128 px, 12 epochs, "
-                   "Adam 3e-4 with a cosine over the 12 epochs")
+                   "Adam 3e-4 with a cosine over the 12 epochs; cpu-256 = cpu-128 at 256 px")
     p.add_argument("--arch", default=d.arch, choices=sorted(ARCHITECTURES), help="network architecture")
     p.add_argument("--loss", default=d.loss, choices=LOSSES, help="training loss")
     p.add_argument("--epochs", type=int, default=d.epochs, help="number of epochs")
@@ -72,6 +72,11 @@ def build_parser(prog: str = "python train.py") -> argparse.ArgumentParser:
     g.add_argument("--aug-sequence-dropout", type=float, default=aug.sequence_dropout,
                    help="probability per sample of replacing pre-contrast, post-contrast or both by FLAIR "
                         "(as kaggle_3m does for missing sequences)")
+    g.add_argument("--aug-blur", type=float, default=aug.blur,
+                   help="probability per sample of a Gaussian blur, sigma 0.5-1 px (nnU-Net: 0.2)")
+    g.add_argument("--aug-low-resolution", type=float, default=aug.low_resolution,
+                   help="probability per sample of simulating 0.5-1x the resolution: nearest-neighbour down, "
+                        "linear back up (nnU-Net: 0.25)")
     g.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
     return p
 
@@ -94,7 +99,8 @@ def config_from_args(argv=None, prog: str = "python train.py") -> tuple[TrainCon
     try:
         augment = AugmentConfig(scale=args.aug_scale, rotation=args.aug_rotation, flip=args.aug_flip,
                                 brightness=args.aug_brightness, contrast=args.aug_contrast, gamma=args.aug_gamma,
-                                noise=args.aug_noise, sequence_dropout=args.aug_sequence_dropout)
+                                noise=args.aug_noise, sequence_dropout=args.aug_sequence_dropout,
+                                blur=args.aug_blur, low_resolution=args.aug_low_resolution)
     except ValueError as err:
         parser.error(f"augmentation flags: {err}")
     if args.no_augment:

@@ -16,6 +16,9 @@ mask together:
   as `keras.ops.image.affine_transform` but also compiles under XLA.
 - intensity (image only, off by default): brightness, contrast, gamma and
   additive Gaussian noise.
+- resolution (image only, off by default): nnU-Net's Gaussian blur and
+  simulated low resolution (nearest-neighbour down-sampling, then linear
+  up-sampling back to the slice size), each with a probability per sample.
 - sequence dropout (image only, off by default): the pre-contrast or the
   post-contrast channel (or both) replaced by the FLAIR channel, as kaggle_3m
   does for the patients whose sequence was not acquired (see
@@ -34,7 +37,14 @@ import math
 import keras
 from keras import ops
 
-__all__ = ["AugmentConfig", "Augment", "affine_warp"]
+__all__ = ["AugmentConfig", "Augment", "affine_warp", "gaussian_blur", "simulate_low_resolution"]
+
+# nnU-Net's ranges (batchgenerators' GaussianBlurTransform and SimulateLowResolutionTransform).
+BLUR_SIGMA = (0.5, 1.0)
+LOW_RESOLUTION_ZOOM = (0.5, 1.0)
+# Kernel half-width of the blur: 3 sigma at the largest sigma, as scipy's default truncate of 4
+# would make the kernel 2 pixels wider for no visible difference.
+BLUR_RADIUS = 3
 
 
 @dataclasses.dataclass
@@ -65,6 +75,13 @@ class AugmentConfig:
             kaggle_3m volume whose missing sequence was filled with FLAIR.
             With a 2.5-D input (3·K channels, K stacks of pre, FLAIR, post) the
             same choice is applied in every stack.
+        blur: probability per sample of an in-plane Gaussian blur of every
+            channel with sigma U(BLUR_SIGMA) pixels (nnU-Net: 0.2, sigma
+            0.5-1; edges mirrored).
+        low_resolution: probability per sample of simulating a coarser
+            acquisition: the slice is sampled at round(side x zoom) pixels per
+            side, zoom U(LOW_RESOLUTION_ZOOM), by nearest neighbour, and
+            interpolated back linearly (nnU-Net: 0.25, zoom 0.5-1, cubic back).
     """
 
     scale: float = 0.05
@@ -75,13 +92,15 @@ class AugmentConfig:
     gamma: float = 0.0
     noise: float = 0.0
     sequence_dropout: float = 0.0
+    blur: float = 0.0
+    low_resolution: float = 0.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"AugmentConfig.{field.name} must be a number >= 0, got {value!r}")
-        for name in ("flip", "sequence_dropout"):
+        for name in ("flip", "sequence_dropout", "blur", "low_resolution"):
             if getattr(self, name) > 1:
                 raise ValueError(f"AugmentConfig.{name} is a probability in [0, 1], got {getattr(self, name)!r}")
         if self.scale >= 1 or self.contrast >= 1:
@@ -98,6 +117,11 @@ class AugmentConfig:
     def intensity(self) -> bool:
         """Whether any intensity component is on."""
         return bool(self.brightness or self.contrast or self.gamma or self.noise)
+
+    @property
+    def resolution(self) -> bool:
+        """Whether blur or simulated low resolution is on."""
+        return bool(self.blur or self.low_resolution)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -166,6 +190,67 @@ def affine_warp(images, transform, interpolation="bilinear"):
 DRAWS_PER_CALL = 16
 # Replica r of a distributed step offsets the first seed word by r times this.
 REPLICA_SEED_STRIDE = 1 << 20
+
+
+def gaussian_blur(images, sigma, radius: int = BLUR_RADIUS):
+    """Blur a (B, H, W, C) float32 batch in-plane, each image with its own Gaussian ``sigma`` (B,).
+
+    Separable, kernel half-width ``radius`` pixels, edges mirrored: the result equals
+    ``scipy.ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="reflect", radius=radius)``
+    per image. Written as shifted sums of `keras.ops`, so per-sample kernels need no
+    depthwise convolution and it compiles under XLA.
+    """
+    sigma = ops.reshape(ops.cast(sigma, "float32"), (-1, 1))
+    offsets = ops.reshape(ops.arange(-radius, radius + 1, dtype="float32"), (1, -1))
+    weights = ops.exp(-0.5 * ops.square(offsets / ops.maximum(sigma, 1e-3)))
+    weights = weights / ops.sum(weights, axis=1, keepdims=True)  # (B, 2r+1)
+    for axis in (1, 2):
+        padding = [[0, 0]] * 4
+        padding[axis] = [radius, radius]
+        padded = ops.pad(images, padding, mode="symmetric")
+        size = images.shape[axis]
+        total = 0.0
+        for k in range(2 * radius + 1):
+            window = padded[:, k:k + size] if axis == 1 else padded[:, :, k:k + size]
+            total = total + ops.reshape(weights[:, k], (-1, 1, 1, 1)) * window
+        images = total
+    return images
+
+
+def _resample_axis(images, coarse, axis: int):
+    """Nearest-neighbour down to ``coarse`` (B,) pixels along ``axis`` (1 rows, 2 columns), then
+    linear back to the original length; pixel centres at i + 0.5 (scikit-image's ``resize``
+    convention), clamped at the edges. ``coarse`` equal to the length gives the input back."""
+    size = images.shape[axis]
+    coarse = ops.reshape(ops.cast(coarse, "float32"), (-1, 1))
+    position = ops.reshape(ops.arange(size, dtype="float32"), (1, -1))
+    # Each output pixel's position on the coarse grid, and its two coarse neighbours.
+    on_coarse = ops.clip((position + 0.5) * coarse / size - 0.5, 0.0, coarse - 1.0)
+    lower = ops.floor(on_coarse)
+    fraction = on_coarse - lower
+    upper = ops.minimum(lower + 1.0, coarse - 1.0)
+
+    def source(index):  # the input pixel that the nearest-neighbour down-sampling put at a coarse pixel
+        # floor(v + 0.5), not round(): ties go up, as in scipy.ndimage (round() would go to even).
+        return ops.cast(ops.clip(ops.floor((index + 0.5) * size / coarse), 0, size - 1), "int32")
+
+    def gather(index):
+        shape = (-1, size, 1, 1) if axis == 1 else (-1, 1, size, 1)
+        index = ops.broadcast_to(ops.reshape(index, shape), ops.shape(images))
+        return ops.take_along_axis(images, index, axis=axis)
+
+    weight = ops.reshape(fraction, (-1, size, 1, 1) if axis == 1 else (-1, 1, size, 1))
+    return (1.0 - weight) * gather(source(lower)) + weight * gather(source(upper))
+
+
+def simulate_low_resolution(images, zoom):
+    """A (B, H, W, C) float32 batch as if acquired at ``zoom`` (B,) of its resolution: each image
+    sampled at round(H·zoom) x round(W·zoom) pixels by nearest neighbour and interpolated back to
+    H x W linearly. ``zoom`` 1 returns the image exactly."""
+    zoom = ops.cast(zoom, "float32")
+    rows = ops.maximum(ops.round(images.shape[1] * zoom), 1.0)
+    cols = ops.maximum(ops.round(images.shape[2] * zoom), 1.0)
+    return _resample_axis(_resample_axis(images, rows, axis=1), cols, axis=2)
 
 
 def _replica_index():
@@ -239,7 +324,8 @@ class Augment(keras.layers.Layer):
         self._build_at_init()
 
     def call(self, images, masks, training=True):
-        if not training or not (self.config.geometric or self.config.intensity or self.config.sequence_dropout):
+        cfg = self.config
+        if not training or not (cfg.geometric or cfg.intensity or cfg.resolution or cfg.sequence_dropout):
             return images, masks
         image_dtype, mask_dtype = images.dtype, masks.dtype
         seeds = _CallSeeds(self.seed_generator.next(), _replica_index())
@@ -248,6 +334,8 @@ class Augment(keras.layers.Layer):
         # Intensity first, so the area filled by the geometric transform stays exactly 0.
         if self.config.intensity:
             x = self._intensity(x, seeds)
+        if self.config.resolution:
+            x = self._resolution(x, seeds)
         # After the noise, so that a copied channel carries FLAIR's noise, as in kaggle_3m.
         if self.config.sequence_dropout:
             x = self._drop_sequences(x, seeds)
@@ -322,6 +410,23 @@ class Augment(keras.layers.Layer):
             x = x + per_sample(self._uniform(batch, -cfg.brightness, cfg.brightness, seeds))
         if cfg.noise:
             x = x + cfg.noise * keras.random.normal(ops.shape(x), dtype="float32", seed=seeds)
+        return x
+
+    def _resolution(self, x, seeds=None):
+        """Gaussian blur and simulated low resolution, each on its share of a (B, H, W, C) batch."""
+        seeds = seeds or self.seed_generator  # called alone (tests): the layer's generator
+        cfg = self.config
+        batch = ops.shape(x)[0]
+
+        def chosen(probability):
+            return ops.reshape(self._uniform(batch, 0.0, 1.0, seeds) < probability, (-1, 1, 1, 1))
+
+        if cfg.blur:
+            apply = chosen(cfg.blur)
+            x = ops.where(apply, gaussian_blur(x, self._uniform(batch, *BLUR_SIGMA, seeds)), x)
+        if cfg.low_resolution:
+            apply = chosen(cfg.low_resolution)
+            x = ops.where(apply, simulate_low_resolution(x, self._uniform(batch, *LOW_RESOLUTION_ZOOM, seeds)), x)
         return x
 
     def _drop_sequences(self, x, seeds=None):
