@@ -386,13 +386,17 @@ def test_mixed_float16_checkpoints_hold_the_loss_scale_so_resume_is_exact():
     assert float(optimizer.dynamic_scale.numpy()) == 1234.0 and int(optimizer.step_counter.numpy()) == 7
 
 
-def test_robustness_augmentation_flags_reach_the_config_and_the_recorded_command():
+@pytest.mark.parametrize("flags, expected", [
+    ({"--aug-noise": "0.1", "--aug-sequence-dropout": "0.3"}, {"noise": 0.1, "sequence_dropout": 0.3}),  # robustness
+    ({"--aug-blur": "0.2", "--aug-low-resolution": "0.25"}, {"blur": 0.2, "low_resolution": 0.25}),  # nnU-Net's
+])
+def test_augmentation_flags_reach_the_config_and_the_recorded_command(flags, expected):
     from tfseg.training.loop import _flags
 
-    config, _, _ = config_from_args(["--aug-noise", "0.1", "--aug-sequence-dropout", "0.3"])
-    assert config.augment["noise"] == 0.1 and config.augment["sequence_dropout"] == 0.3
+    config, _, _ = config_from_args([word for pair in flags.items() for word in pair])
+    assert {key: config.augment[key] for key in expected} == expected
     command = _flags(config)
-    assert "--aug-noise 0.1" in command and "--aug-sequence-dropout 0.3" in command
+    assert all(f"{flag} {value}" in command for flag, value in flags.items())
     assert config_from_args(command.split())[0].augment == config.augment
 
 
@@ -439,13 +443,3 @@ def test_kill_9_in_epoch_3_then_resume_gives_the_uninterrupted_validation_dsc_at
     assert [h["loss"] for h in part] == pytest.approx([h["loss"] for h in full], rel=1e-6)
     assert sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir()) == \
         sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())  # nothing of the killed epoch 3 left
-
-
-def test_nnunet_resolution_augmentation_flags_reach_the_config_and_the_recorded_command():
-    from tfseg.training.loop import _flags
-
-    config, _, _ = config_from_args(["--aug-blur", "0.2", "--aug-low-resolution", "0.25"])
-    assert config.augment["blur"] == 0.2 and config.augment["low_resolution"] == 0.25
-    command = _flags(config)
-    assert "--aug-blur 0.2" in command and "--aug-low-resolution 0.25" in command
-    assert config_from_args(command.split())[0].augment == config.augment
