@@ -103,9 +103,20 @@ def test_an_unfinished_program_run_is_listed_apart_and_not_counted(tmp_path):
 def test_time_to_accuracy_of_a_pair_timed_on_one_machine_gives_minutes_and_their_ratio(tmp_path):
     text = section(build(tmp_path, recipe_shift=0.03, pairs=[("b16-attention", "run-1")]))
     row = [line for line in text.splitlines() if line.startswith("| `b16-attention` | `run-1`")]
-    # target: run-1's final 0.89; tfseg reaches it at epoch 3 (3.0 min), the program at epoch 6 (6 x 110 s)
-    assert row == ["| `b16-attention` | `run-1` | 0.8900 | 3.0 min (epoch 3) | 11.0 min (epoch 6) | 3.7× | "
-                   "AMD EPYC (bf16) |"]
+    # target: run-1's final 0.89, also its best; tfseg reaches it at epoch 3 (3.0 min), the program at epoch 6
+    assert row == ["| `b16-attention` | `run-1` | 0.8900 (final and best epoch) | 3.0 min (epoch 3) | "
+                   "11.0 min (epoch 6) | 3.7× | AMD EPYC (bf16) |"]
+
+
+def test_a_program_run_that_falls_at_the_end_is_timed_to_its_final_and_to_its_best_figure(tmp_path):
+    program_run(tmp_path, 4, [0.5, 0.7, 0.9, 0.8], epochs_planned=4)  # best 0.9 at epoch 3, final 0.8
+    text = section(build(tmp_path, recipe_shift=0.03, pairs=[("b16-attention", "run-4")]))
+    rows = [line for line in text.splitlines() if line.startswith("| `b16-attention` | `run-4`")]
+    # tfseg (TFSEG_CURVE): 0.8 at epoch 2, 0.9 at epoch 3; the program: 0.8 and 0.9 both at epoch 3 (3 x 110 s)
+    assert rows == ["| `b16-attention` | `run-4` | 0.8000 (final epoch) | 2.0 min (epoch 2) | 5.5 min (epoch 3) | "
+                    "2.8× | AMD EPYC (bf16) |",
+                    "| `b16-attention` | `run-4` | 0.9000 (best, epoch 3: the figure it reports) | 3.0 min (epoch 3) | "
+                    "5.5 min (epoch 3) | 1.8× | AMD EPYC (bf16) |"]
 
 
 def test_a_timing_run_outside_the_tables_is_used_for_the_pair_only(tmp_path):
@@ -114,7 +125,8 @@ def test_a_timing_run_outside_the_tables_is_used_for_the_pair_only(tmp_path):
     (tmp_path / "timing").mkdir()
     (tmp_path / "timing-root" / "results" / "cpu-128" / "b16-attention-timed").rename(extra)
     full = build(tmp_path, recipe_shift=0.03, pairs=[("b16-attention-timed", "run-2")], extra=[extra])
-    assert "| `b16-attention-timed` | `run-2` | 0.9000 | 1.0 min (epoch 1) | 11.0 min (epoch 6) | 11.0× |" in full
+    assert ("| `b16-attention-timed` | `run-2` | 0.9000 (final and best epoch) | 1.0 min (epoch 1) | 11.0 min (epoch 6) "
+            "| 11.0× |") in full
     assert "b16-attention-timed" not in full.split("## Results")[1].split("## Settings")[0]  # not in the tables
 
 

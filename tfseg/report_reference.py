@@ -9,7 +9,8 @@ beside one tfseg recipe:
   side by side, the paired Wilcoxon test over the patients, and whether the difference of the
   seed-means exceeds both groups' spread (the sum of the two sds: tfseg.seed_groups' rule);
 * time to accuracy: training minutes until the validation mean first reaches the program run's
-  final figure, for pairs of runs (tfseg run, program run) that the caller says were measured on
+  figures (its final epoch's and, where higher, its best epoch's: the figure the program reports),
+  for pairs of runs (tfseg run, program run) that the caller says were measured on
   the same machine in the same session. Minutes from different machines or sessions are not
   comparable (the CPUs differ several-fold), so a pair whose recorded machines differ is refused.
 
@@ -27,6 +28,8 @@ from tfseg.seed_groups import SeedGroup, describe_group, paired_comparison, seed
 REFERENCE_PROGRAM_ARCH = "unet (reference program)"
 # Machine facts that must be equal for two runs' minutes to be compared (platform names the VM and kernel).
 SAME_MACHINE_KEYS = ("cpu", "cpu_bf16", "cpu_count", "platform")
+# A figure equal to the target up to float rounding (a mean recomputed from other sums) has reached it.
+REACHED_TOLERANCE = 1e-9
 
 
 class ReferenceComparisonError(RunFolderError):
@@ -70,15 +73,23 @@ def minutes_to_reach(run: RunRecord, target: float) -> tuple[float | None, int |
         if elapsed is None:
             return None, None
         validation += as_number(row.get("valid_seconds")) or 0.0
-        if dsc is not None and dsc >= target:
+        if dsc is not None and dsc >= target - REACHED_TOLERANCE:
             return (elapsed + validation) / 60, int(row["epoch"])
     return None, None
 
 
-def final_validation_dsc(run: RunRecord) -> float | None:
-    """The run's validation mean after its last epoch (history.csv)."""
+def validation_targets(run: RunRecord) -> list[tuple[str, float]]:
+    """The figures a program run is timed to: (label, DSC) of its final epoch and, where it is higher, of its
+    best epoch (the program keeps and reports its best epoch; its curve can fall at the end, as run 2's did)."""
     rows = [row for row in run.history or [] if as_number(row.get("val_volume_dsc")) is not None]
-    return as_number(rows[-1]["val_volume_dsc"]) if rows else None
+    if not rows:
+        return []
+    final = as_number(rows[-1]["val_volume_dsc"])
+    best_row = max(rows, key=lambda row: as_number(row["val_volume_dsc"]))
+    best = as_number(best_row["val_volume_dsc"])
+    if best <= final:
+        return [("final and best epoch", final)]
+    return [("final epoch", final), (f"best, epoch {int(as_number(best_row['epoch']))}: the figure it reports", best)]
 
 
 def check_same_machine(first: RunRecord, second: RunRecord) -> None:
@@ -98,19 +109,22 @@ class TimePair:
     tfseg: RunRecord
     program: RunRecord
 
-    @property
-    def target(self) -> float | None:
-        return final_validation_dsc(self.program)
-
-    def row(self) -> list[str]:
-        target = self.target
-        t_min, t_epoch = minutes_to_reach(self.tfseg, target) if target is not None else (None, None)
-        p_min, p_epoch = minutes_to_reach(self.program, target) if target is not None else (None, None)
-        ratio = f"{p_min / t_min:.1f}×" if t_min and p_min else DASH
-        return [f"`{self.tfseg.name}`", f"`{self.program.name}`", DASH if target is None else f"{target:.4f}",
-                _minutes(t_min, t_epoch), _minutes(p_min, p_epoch), ratio,
-                str((self.tfseg.config_file.get("machine") or {}).get("cpu", DASH))
-                + (" (bf16)" if (self.tfseg.config_file.get("machine") or {}).get("cpu_bf16") else "")]
+    def rows(self) -> list[list[str]]:
+        """One table row per target (tfseg.report_reference.validation_targets); a dash row without a history."""
+        machine = self.tfseg.config_file.get("machine") or {}
+        cpu = str(machine.get("cpu", DASH)) + (" (bf16)" if machine.get("cpu_bf16") else "")
+        names = [f"`{self.tfseg.name}`", f"`{self.program.name}`"]
+        targets = validation_targets(self.program)
+        if not targets:
+            return [names + [DASH, DASH, DASH, DASH, cpu]]
+        rows = []
+        for label, target in targets:
+            t_min, t_epoch = minutes_to_reach(self.tfseg, target)
+            p_min, p_epoch = minutes_to_reach(self.program, target)
+            ratio = f"{p_min / t_min:.1f}×" if t_min and p_min else DASH
+            rows.append(names + [f"{target:.4f} ({label})", _minutes(t_min, t_epoch), _minutes(p_min, p_epoch),
+                                 ratio, cpu])
+        return rows
 
 
 def _minutes(minutes: float | None, epoch: int | None) -> str:
@@ -203,8 +217,8 @@ def _time_lines(pairs: list[TimePair]) -> list[str]:
     if not pairs:
         return lines + ["No pair of runs timed on the same machine in the same session was given "
                         "(`--time-pair TFSEG_RUN PROGRAM_RUN`).", ""]
-    rows = [pair.row() for pair in pairs]
-    return lines + _table(["tfseg run", "program run", "target: the program run's final validation DSC",
+    rows = [row for pair in pairs for row in pair.rows()]
+    return lines + _table(["tfseg run", "program run", "target: the program run's validation DSC",
                            "tfseg: minutes to reach it", "program: minutes to reach it",
                            "program / tfseg", "CPU"], rows) + [
         "", "Minutes are cumulative wall time of training and per-epoch validation (start-up and data "
